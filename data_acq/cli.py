@@ -1,0 +1,245 @@
+"""The `data-acq` command line: simulate, transform, listen, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from data_acq.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
+from data_acq.ca_cert import CACertError, resolve_ca
+from data_acq.contract import Rejection, parse_payload
+from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
+from data_acq.messages import read_lines
+from data_acq.pipeline_format import to_pipeline
+from data_acq.settings import Settings, SettingsError
+from data_acq.simulate import SimulationSpec, parse_start, simulate
+
+log = logging.getLogger("data_acq")
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed without a traceback, exit code 1."""
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- simulate ---------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    spec = SimulationSpec(
+        sites=args.sites,
+        start=parse_start(args.start),
+        minutes=int(args.hours * 60),
+        seed=args.seed,
+        duplicate_rate=args.duplicate_rate,
+        outage_sites=args.outage_sites,
+        outage_minutes=args.outage_minutes,
+        malformed_rate=args.malformed_rate,
+    )
+    messages = simulate(spec)
+    if not args.publish:
+        out = sys.stdout.buffer
+        for topic, payload in messages:
+            out.write(topic.encode() + b"\t" + payload.replace(b"\n", b" ") + b"\n")
+        return
+    settings = Settings.from_env()
+    count = publish_all(
+        settings.broker,
+        resolve_ca(settings),
+        messages,
+        rate=args.rate,
+        on_progress=lambda n: log.info("published %d messages", n),
+    )
+    log.info("published %d messages to %s", count, settings.broker.address)
+
+
+# --- transform --------------------------------------------------------------------------------
+
+
+def _open_inputs(names: list[str], stack: ExitStack) -> Iterator[tuple[str, IO[bytes]]]:
+    for name in names or ["-"]:
+        if name == "-":
+            yield "<stdin>", sys.stdin.buffer
+            continue
+        try:
+            yield name, stack.enter_context(open(name, "rb"))  # noqa: SIM115
+        except OSError as exc:
+            raise CommandError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _report(name: str, ref: int, rejection: Rejection | str, what: str = "rejected") -> None:
+    print(f"{name}:{ref}: {what}: {rejection}", file=sys.stderr)
+
+
+def cmd_transform(args: argparse.Namespace) -> None:
+    counts = {"messages": 0, "accepted": 0, "skipped": 0}
+    with ExitStack() as stack:
+        inputs = _open_inputs(args.files, stack)
+        if args.to == "pipeline":
+            out = sys.stdout
+            for name, stream in inputs:
+                for message in read_lines(stream):
+                    counts["messages"] += 1
+                    parsed = parse_payload(message.payload)
+                    if isinstance(parsed, Rejection):
+                        _report(name, message.ref, parsed)
+                        continue
+                    counts["accepted"] += 1
+                    for skipped in parsed.skipped:
+                        counts["skipped"] += 1
+                        _report(name, message.ref, skipped, "skipped")
+                    out.write(_dumps(to_pipeline(parsed)) + "\n")
+            out.flush()
+        else:
+            if not args.output:
+                raise CommandError(f"--to {args.to} writes Parquet: give --output PATH")
+            schema = READINGS_SCHEMA if args.to == "readings" else STATUS_SCHEMA
+
+            def frames() -> Iterator[Any]:
+                for name, stream in inputs:
+                    for tables in iter_flatten(read_lines(stream)):
+                        _count_tables(tables, name, counts)
+                        yield tables.readings if args.to == "readings" else tables.status
+
+            try:
+                rows = write_parquet(frames(), Path(args.output), schema)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+            print(f"wrote {rows} {args.to} rows to {args.output}", file=sys.stderr)
+    rejected = counts["messages"] - counts["accepted"]
+    print(
+        f"transform: {counts['messages']} messages, {counts['accepted']} accepted, "
+        f"{rejected} rejected, {counts['skipped']} readings or values skipped",
+        file=sys.stderr,
+    )
+
+
+def _count_tables(tables: Tables, name: str, counts: dict[str, int]) -> None:
+    counts["messages"] += tables.messages
+    counts["accepted"] += tables.accepted
+    for ref, time, path, reason in tables.rejects.select(
+        "ref", "time", "path", "reason"
+    ).iter_rows():
+        what = "rejected" if time is None else "skipped"
+        if what == "skipped":
+            counts["skipped"] += 1
+        _report(name, ref, f"{path}: {reason}", what)
+
+
+# --- listen -----------------------------------------------------------------------------------
+
+
+def cmd_listen(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    ca_file = resolve_ca(settings)
+    out = sys.stdout
+
+    def on_message(message: mqtt.MQTTMessage) -> None:
+        parsed = parse_payload(message.payload)
+        if isinstance(parsed, Rejection):
+            print(f"{message.topic}: rejected: {parsed}", file=sys.stderr)
+            return
+        for skipped in parsed.skipped:
+            print(f"{message.topic}: skipped: {skipped}", file=sys.stderr)
+        doc = to_pipeline(parsed)
+        if args.raw:
+            raw = message.payload.decode("utf-8", "replace")
+            doc = {"topic": message.topic, "raw": raw, "pipeline": doc}
+        out.write(_dumps(doc) + "\n")
+        out.flush()
+
+    log.info(
+        "listening on %s (%s, MQTT %s) to %s",
+        settings.broker.address,
+        "TLS" if settings.broker.tls else "no TLS",
+        settings.broker.protocol,
+        ", ".join(settings.broker.topics),
+    )
+    with stop_on_signals() as stop:
+        run_subscriber(settings.broker, ca_file, on_message, stop)
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from data_acq.demo import run_demo
+
+    run_demo(Path(args.output), sites=args.sites, hours=args.hours, seed=args.seed)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="data-acq",
+        description="Acquire AMMP logger telemetry from MQTT. Broker settings come from the "
+        "environment: MQTT_BROKER, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, MQTT_TOPIC, "
+        "CA_CERT_URL or CA_CERT_FILE, MQTT_CLIENT_ID, MQTT_PROTOCOL, DATA_ACQ_STORAGE.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulated site payloads, as lines or published")
+    sim.add_argument("--sites", type=int, default=5)
+    sim.add_argument("--start", default="2024-10-12", help="UTC start date or time (ISO 8601)")
+    sim.add_argument("--hours", type=float, default=24.0, help="hours of data per site")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--duplicate-rate", type=float, default=0.003)
+    sim.add_argument("--outage-sites", type=int, default=1, help="sites whose backlog comes late")
+    sim.add_argument("--outage-minutes", type=int, default=180)
+    sim.add_argument("--malformed-rate", type=float, default=0.0)
+    sim.add_argument("--publish", action="store_true", help="publish to the broker with QoS 1")
+    sim.add_argument("--rate", type=float, help="messages per second when publishing")
+    sim.set_defaults(func=cmd_simulate)
+
+    tr = sub.add_parser("transform", help="raw payload lines to the pipeline format or Parquet")
+    tr.add_argument("files", nargs="*", help="input files (default: stdin); '-' is stdin")
+    tr.add_argument("--to", choices=("pipeline", "readings", "status"), default="pipeline")
+    tr.add_argument("--output", help="Parquet file for --to readings / status")
+    tr.set_defaults(func=cmd_transform)
+
+    li = sub.add_parser("listen", help="print arriving payloads in the pipeline format")
+    li.add_argument("--raw", action="store_true", help="print topic and raw payload too")
+    li.set_defaults(func=cmd_listen)
+
+    de = sub.add_parser("demo", help="the main job on a private local broker")
+    de.add_argument("--sites", type=int, default=5)
+    de.add_argument("--hours", type=float, default=6.0)
+    de.add_argument("--seed", type=int, default=42)
+    de.add_argument("--output", default="data/demo", help="folder for the demo's outputs")
+    de.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except (CommandError, SettingsError, CACertError, BrokerError) as exc:
+        print(f"data-acq {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

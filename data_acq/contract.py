@@ -1,0 +1,224 @@
+"""The AMMP data-payload contract: raw MQTT bytes in, a validated payload or a precise rejection out.
+
+Two routes, one answer. Well-formed payloads (nearly all of them) go through msgspec's typed
+decoder, which parses and type-checks in C. Anything it refuses is re-read by a slower, careful
+validator that says exactly what is wrong and keeps every reading that can be kept.
+Whatever the bytes, the result is a value, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgspec
+
+# Payload times outside this window are not measurements: 2000-01-01 .. 2100-01-01 UTC.
+T_MIN = 946_684_800
+T_MAX = 4_102_444_800
+
+Scalar = Union[int, float, str, bool, None]  # noqa: UP007 - msgspec needs a runtime Union
+
+
+class Status(msgspec.Struct, forbid_unknown_fields=False):
+    """One `_s` status reading: `c` content, `l` level (0 OK .. 4 critical)."""
+
+    c: str | None = None
+    l: int | None = None  # noqa: E741 - the contract's name
+
+
+class _TypedPayload(msgspec.Struct):
+    t: int
+    r: list[dict[str, Union[int, float, str, bool, list[Status], None]]]  # noqa: UP007
+    m: msgspec.Raw = msgspec.Raw()  # discarded: kept raw to skip decoding it
+
+
+_typed_decoder = msgspec.json.Decoder(_TypedPayload)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why something could not be used, and where in the payload (a JSON path)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(slots=True)
+class Payload:
+    """A payload that passed the contract.
+
+    `readings` are the `r` objects that can be placed (they have a string `_vid`), as dicts with
+    scalar values plus the `_`-keys; `skipped` says what was left out and why.
+    """
+
+    t: int
+    readings: list[dict[str, Any]]
+    skipped: list[Rejection] = field(default_factory=list)
+
+
+def parse_payload(data: bytes | bytearray | memoryview | str) -> Payload | Rejection:
+    """Parse and validate one message body."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    try:
+        typed = _typed_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # UnicodeDecodeError: msgspec raises it for invalid UTF-8 inside an object key
+        return _parse_carefully(bytes(data))
+    if not T_MIN <= typed.t < T_MAX:
+        return Rejection("$.t", _absurd_t(typed.t))
+    readings: list[dict[str, Any]] = []
+    skipped: list[Rejection] = []
+    for i, reading in enumerate(typed.r):
+        problem = _reading_problem(reading)
+        if problem is not None:
+            skipped.append(Rejection(f"$.r[{i}]", problem))
+            continue
+        if "_s" in reading or list in map(type, reading.values()):
+            _drop_misplaced_arrays(reading, f"$.r[{i}]", skipped)
+        readings.append(reading)
+    return Payload(typed.t, readings, skipped)
+
+
+def _drop_misplaced_arrays(reading: dict[str, Any], path: str, skipped: list[Rejection]) -> None:
+    for key, value in list(reading.items()):
+        if isinstance(value, list) and not key.startswith("_"):
+            skipped.append(Rejection(f"{path}.{key}", "value is an array, expected a scalar"))
+            del reading[key]
+    status = reading.get("_s")
+    if status is not None and not isinstance(status, list):
+        skipped.append(Rejection(f"{path}._s", f"_s is {_json_type(status)}, expected an array"))
+        del reading["_s"]
+
+
+def _reading_problem(reading: dict[str, Any]) -> str | None:
+    """The reason a typed-decoded reading cannot be used, if any (the rest is already typed)."""
+    vid = reading.get("_vid")
+    if vid is None:
+        return "reading has no _vid, so it cannot be placed"
+    if not isinstance(vid, str):
+        return f"_vid is {_json_type(vid)}, expected a string"
+    device = reading.get("_d")
+    if device is not None and not isinstance(device, str):
+        return f"_d is {_json_type(device)}, expected a string"
+    return None
+
+
+def _absurd_t(t: int) -> str:
+    return f"t={t} is outside 2000-01-01..2100-01-01 (Unix seconds expected)"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_carefully(data: bytes) -> Payload | Rejection:
+    """The slow route: explain what the typed decoder refused and keep what can be kept."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(
+            "$", f"not UTF-8: invalid byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        )
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        return Rejection("$", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except (ValueError, RecursionError) as exc:
+        return Rejection(
+            "$",
+            f"not JSON: {exc}" if isinstance(exc, ValueError) else "not JSON: nested too deeply",
+        )
+    if not isinstance(obj, dict):
+        return Rejection("$", f"payload is {_json_type(obj)}, expected an object with t and r")
+    if "t" not in obj:
+        return Rejection("$.t", "t is missing")
+    t = obj["t"]
+    if isinstance(t, bool) or not isinstance(t, int):
+        if isinstance(t, float) and math.isfinite(t) and t.is_integer():
+            t = int(t)  # 1660757423.0 is the same instant; JSON has one number type
+        else:
+            return Rejection("$.t", f"t is {_json_type(t)} ({_preview(t)}), expected an integer")
+    if not T_MIN <= t < T_MAX:
+        return Rejection("$.t", _absurd_t(t))
+    if "r" not in obj:
+        return Rejection("$.r", "r is missing")
+    if not isinstance(obj["r"], list):
+        return Rejection("$.r", f"r is {_json_type(obj['r'])}, expected an array of readings")
+    readings: list[dict[str, Any]] = []
+    skipped: list[Rejection] = []
+    for i, reading in enumerate(obj["r"]):
+        path = f"$.r[{i}]"
+        if not isinstance(reading, dict):
+            skipped.append(Rejection(path, f"reading is {_json_type(reading)}, expected an object"))
+            continue
+        problem = _reading_problem(reading)
+        if problem is not None:
+            skipped.append(Rejection(path, problem))
+            continue
+        kept: dict[str, Any] = {}
+        for key, value in reading.items():
+            if key == "_s":
+                statuses = _status_list(value, f"{path}._s", skipped)
+                if statuses is not None:
+                    kept[key] = statuses
+            elif key.startswith("_") or _is_scalar(value):
+                kept[key] = value
+            else:
+                skipped.append(
+                    Rejection(f"{path}.{key}", f"value is {_json_type(value)}, expected a scalar")
+                )
+        readings.append(kept)
+    return Payload(t, readings, skipped)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | bool | int | float)
+
+
+def _status_list(value: Any, path: str, skipped: list[Rejection]) -> list[Status] | None:
+    if not isinstance(value, list):
+        skipped.append(Rejection(path, f"_s is {_json_type(value)}, expected an array"))
+        return None
+    out: list[Status] = []
+    for j, item in enumerate(value):
+        c = item.get("c") if isinstance(item, dict) else None
+        level = item.get("l") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or not (c is None or isinstance(c, str))
+            or not (level is None or (isinstance(level, int) and not isinstance(level, bool)))
+        ):
+            skipped.append(
+                Rejection(f"{path}[{j}]", "status is not an object with string c and integer l")
+            )
+            continue
+        out.append(Status(c=c, l=level))
+    return out
+
+
+def _preview(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

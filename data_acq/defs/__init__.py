@@ -1,0 +1,1 @@
+"""Dagster objects: the thin shell around the plain-Python core."""

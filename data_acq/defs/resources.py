@@ -1,0 +1,81 @@
+"""Resources shared by every job that talks to the broker."""
+
+from pathlib import Path
+
+from dagster import ConfigurableResource, EnvVar, ResourceDependency
+from pydantic import Field
+
+from data_acq.ca_cert import cache_path, download_ca_cert, local_ca_cert
+from data_acq.settings import BrokerSettings, Settings
+
+
+class CACertificate(ConfigurableResource):
+    """The broker's CA certificate, downloaded over HTTPS (or a local file) and checked.
+
+    Without `url` or `file` the broker is trusted through the system CAs (or TLS is off).
+    """
+
+    url: str | None = Field(default=None, description="HTTPS URL of the CA (CA_CERT_URL)")
+    file: str | None = Field(default=None, description="Local CA file instead (CA_CERT_FILE)")
+    cache_dir: str = Field(description="Where the downloaded CA is cached")
+    timeout_s: float = 10.0
+    retries: int = 3
+
+    def path(self) -> Path | None:
+        if self.file:
+            return local_ca_cert(Path(self.file))
+        if self.url:
+            dest = cache_path(Path(self.cache_dir), self.url)
+            return download_ca_cert(self.url, dest, self.timeout_s, self.retries)
+        return None
+
+
+class MQTTBroker(ConfigurableResource):
+    """Connection settings for the broker; the password comes from an environment variable."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = Field(default=None, description="Set through EnvVar, never inline")
+    topics: list[str]
+    client_id: str
+    protocol: str = "5"
+    ca_certificate: ResourceDependency[CACertificate]
+
+    def settings(self) -> BrokerSettings:
+        return BrokerSettings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            topics=tuple(self.topics),
+            client_id=self.client_id,
+            protocol=self.protocol,  # type: ignore[arg-type]
+            ca_cert_url=self.ca_certificate.url,
+            ca_cert_file=self.ca_certificate.file,
+        )
+
+    def ca_file(self) -> Path | None:
+        return self.ca_certificate.path()
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """The resources for one deployment, from the one settings object."""
+    broker = settings.broker
+    ca = CACertificate(
+        url=broker.ca_cert_url, file=broker.ca_cert_file, cache_dir=str(settings.cache_dir)
+    )
+    return {
+        "ca_certificate": ca,
+        "mqtt": MQTTBroker(
+            host=broker.host,
+            port=broker.port,
+            username=broker.username,
+            # the run configuration shows the variable's name, not its value
+            password=EnvVar("MQTT_PASSWORD") if broker.password else None,
+            topics=list(broker.topics),
+            client_id=broker.client_id,
+            protocol=broker.protocol,
+            ca_certificate=ca,
+        ),
+    }

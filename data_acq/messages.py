@@ -1,0 +1,124 @@
+"""Messages as they arrive, and the line formats they are read from.
+
+A `Message` is what the broker delivered: topic and exact payload bytes. `ref` points back to
+where it came from (a line number, or a raw record's position) so a rejection can be traced.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str | None
+    payload: bytes
+    ref: int = 0
+    received_at: datetime | None = None
+
+
+def site_of(topic: str | None) -> str | None:
+    """The logger's node id from `a/<node_id>/...`, else None."""
+    if not topic:
+        return None
+    parts = topic.split("/", 2)
+    if len(parts) >= 2 and parts[0] == "a" and parts[1]:
+        return parts[1]
+    return None
+
+
+def parse_line(line: bytes, ref: int = 0) -> Message:
+    """One input line: a bare payload, or `topic<TAB>payload` as `data-acq simulate` writes it.
+
+    A topic never starts with `{`, `[` or white space, so a JSON payload that contains a tab
+    between its tokens is still read as a bare payload.
+    """
+    line = line.rstrip(b"\r\n")
+    if line[:1] not in (b"{", b"[", b" ", b"\t") and b"\t" in line:
+        topic, payload = line.split(b"\t", 1)
+        return Message(topic.decode("utf-8", "replace"), payload, ref)
+    return Message(None, line, ref)
+
+
+def read_lines(lines: Iterable[bytes], first_ref: int = 1) -> Iterator[Message]:
+    """Messages from text lines, numbered from `first_ref`; blank lines are skipped."""
+    for ref, line in enumerate(lines, start=first_ref):
+        if line.strip():
+            yield parse_line(line, ref)
+
+
+class RawRecord(msgspec.Struct, omit_defaults=True):
+    """One message as raw storage keeps it (one JSON object per line).
+
+    `payload` holds the payload JSON verbatim when it is valid single-line JSON, so reading raw
+    takes one parse; otherwise `payload_text` (UTF-8) or `payload_b64` (anything else) keeps the
+    exact bytes.
+    """
+
+    topic: str
+    received_at: str
+    qos: int = 0
+    retain: bool = False
+    dup: bool = False
+    payload: msgspec.Raw = msgspec.Raw()
+    payload_text: str | None = None
+    payload_b64: str | None = None
+
+
+_record_decoder = msgspec.json.Decoder(RawRecord)
+_record_encoder = msgspec.json.Encoder()
+
+
+def encode_record(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    qos: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
+    """One raw-storage line (with its newline) that gives back `payload` byte for byte."""
+    record = RawRecord(topic, received_at.isoformat(), qos, retain, dup)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        record.payload_b64 = base64.b64encode(payload).decode("ascii")
+        return _record_encoder.encode(record) + b"\n"
+    if b"\n" not in payload and b"\r" not in payload and payload.strip() == payload:
+        try:
+            msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            pass
+        else:
+            record.payload = msgspec.Raw(payload)
+            return _record_encoder.encode(record) + b"\n"
+    record.payload_text = text
+    return _record_encoder.encode(record) + b"\n"
+
+
+def record_payload(record: RawRecord) -> bytes:
+    """The exact payload bytes a raw record holds."""
+    if len(record.payload):
+        return bytes(record.payload)
+    if record.payload_text is not None:
+        return record.payload_text.encode("utf-8")
+    if record.payload_b64 is not None:
+        return base64.b64decode(record.payload_b64)
+    return b""
+
+
+def read_records(lines: Iterable[bytes], first_ref: int = 0) -> Iterator[Message]:
+    """Messages from raw-storage lines."""
+    for ref, line in enumerate(lines, start=first_ref):
+        record = _record_decoder.decode(line)
+        yield Message(
+            record.topic,
+            record_payload(record),
+            ref,
+            datetime.fromisoformat(record.received_at),
+        )

@@ -1,0 +1,97 @@
+"""All configuration in one typed object, read from the environment.
+
+The variable names of the original project keep working (`MQTT_BROKER`, `MQTT_PORT`, ...).
+The password is kept out of `repr`, so printing the settings never shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from paho.mqtt.client import topic_matches_sub
+
+DEFAULT_TOPIC = "a/+/u/data"
+TLS_PORT = 8883
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    host: str = "localhost"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    topics: tuple[str, ...] = (DEFAULT_TOPIC,)
+    client_id: str = field(default_factory=lambda: f"data-acq-{socket.gethostname()}")
+    protocol: Literal["5", "3.1.1"] = "5"
+    ca_cert_url: str | None = None
+    ca_cert_file: str | None = None
+    keepalive: int = 60
+
+    @property
+    def tls(self) -> bool:
+        """TLS is on when a CA is configured or the port is the MQTT-over-TLS port."""
+        return bool(self.ca_cert_url or self.ca_cert_file) or self.port == TLS_PORT
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    broker: BrokerSettings
+    storage: str = "data"  # a local folder, or s3://bucket/prefix
+    cache_dir: Path = Path.home() / ".cache" / "data-acq"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        port_text = get("MQTT_PORT") or "1883"
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise SettingsError(f"MQTT_PORT must be a port number, got {port_text!r}") from None
+        if not 0 < port < 65536:
+            raise SettingsError(f"MQTT_PORT must be between 1 and 65535, got {port}")
+        protocol = get("MQTT_PROTOCOL") or "5"
+        if protocol not in ("5", "3.1.1"):
+            raise SettingsError(f"MQTT_PROTOCOL must be 5 or 3.1.1, got {protocol!r}")
+        topics = tuple(
+            t.strip() for t in (get("MQTT_TOPIC") or DEFAULT_TOPIC).split(",") if t.strip()
+        )
+        for topic in topics:
+            if any(topic_matches_sub(topic, f"a/node/d/{leaf}") for leaf in ("config", "command")):
+                raise SettingsError(
+                    f"MQTT_TOPIC {topic!r} would consume downstream (cloud-to-logger) topics"
+                )
+        broker = BrokerSettings(
+            host=get("MQTT_BROKER") or "localhost",
+            port=port,
+            username=get("MQTT_USERNAME"),
+            password=env.get("MQTT_PASSWORD") or None,
+            topics=topics,
+            protocol=protocol,  # type: ignore[arg-type]
+            ca_cert_url=get("CA_CERT_URL"),
+            ca_cert_file=get("CA_CERT_FILE"),
+            **({"client_id": cid} if (cid := get("MQTT_CLIENT_ID")) else {}),
+        )
+        cache = get("DATA_ACQ_CACHE")
+        return cls(
+            broker=broker,
+            storage=get("DATA_ACQ_STORAGE") or "data",
+            **({"cache_dir": Path(cache)} if cache else {}),
+        )

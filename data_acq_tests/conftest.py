@@ -1,0 +1,108 @@
+"""Real parts for the tests: Mosquitto processes on free ports, a test CA, an HTTPS server."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from data_acq.local_broker import LocalMosquitto
+from data_acq.settings import BrokerSettings
+from data_acq_tests.certs import TLSFiles, make_tls_files
+
+CONTRACT = Path(__file__).resolve().parents[1].parent / "shared" / "contract"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+MQTT_USER = "logger-test"
+MQTT_PASSWORD = "s3cr3t-Pa55-w0rd"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMosquitto]:
+    """A plain, anonymous Mosquitto with the default queue and in-flight limits."""
+    with LocalMosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    process: LocalMosquitto
+    tls: TLSFiles
+
+    def settings(self, **overrides: object) -> BrokerSettings:
+        values: dict[str, object] = {
+            "host": "localhost",
+            "port": self.process.port,
+            "username": MQTT_USER,
+            "password": MQTT_PASSWORD,
+            "ca_cert_file": str(self.tls.ca),
+            "client_id": "data-acq-test",
+        }
+        values.update(overrides)
+        return BrokerSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def secure_mosquitto(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles
+) -> Iterator[SecureBroker]:
+    """Mosquitto with TLS (the test CA) and a password file."""
+    folder = tmp_path_factory.mktemp("mosquitto-tls")
+    passwords = folder / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), MQTT_USER, MQTT_PASSWORD], check=True
+    )
+    broker = LocalMosquitto(
+        folder,
+        tls_files=(tls_files.ca, tls_files.server_cert, tls_files.server_key),
+        password_file=passwords,
+    )
+    with broker:
+        yield SecureBroker(broker, tls_files)
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class HTTPSServer:
+    root: Path
+    port: int
+
+    def url(self, name: str) -> str:
+        return f"https://localhost:{self.port}/{name}"
+
+
+@pytest.fixture
+def https_server(
+    tmp_path: Path, tls_files: TLSFiles, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[HTTPSServer]:
+    """An HTTPS file server whose certificate requests trusts through REQUESTS_CA_BUNDLE."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a: _Files(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files.ca))
+    try:
+        yield HTTPSServer(root, server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

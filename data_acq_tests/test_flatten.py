@@ -1,0 +1,113 @@
+"""Polars flattening: nothing lost, nothing invented, late fields kept."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import polars as pl
+
+from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, flatten
+from data_acq.messages import Message, encode_record, read_records
+from data_acq.simulate import SimulationSpec, simulate
+from data_acq_tests.conftest import FIXTURES
+
+
+def _messages(spec: SimulationSpec) -> list[Message]:
+    return [Message(topic, body, i) for i, (topic, body) in enumerate(simulate(spec))]
+
+
+def _expected_counts(messages: list[Message]) -> tuple[int, int, int]:
+    """Readings, status rows and unplaceable readings, counted with plain json."""
+    readings = status = orphans = 0
+    for message in messages:
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            continue
+        if not isinstance(body, dict) or not isinstance(body.get("r"), list):
+            continue
+        for reading in body["r"]:
+            if "_vid" not in reading:
+                orphans += 1
+                continue
+            readings += sum(
+                1 for k, v in reading.items() if not k.startswith("_") and v is not None
+            )
+            status += len(reading.get("_s", []))
+    return readings, status, orphans
+
+
+def test_contract_example_flattens_to_every_field() -> None:
+    body = (FIXTURES / "example_payload.json").read_bytes()
+    tables = flatten([Message("a/b827eb2bb2a9/u/data", body, 1)])
+    readings = tables.readings
+    assert readings.schema == READINGS_SCHEMA
+    assert readings.height == 99
+    assert readings["site"].unique().to_list() == ["b827eb2bb2a9"]
+    assert readings["time"].unique().to_list() == [datetime(2024, 10, 12, 12, 3, tzinfo=UTC)]
+    row = readings.filter(pl.col("device") == "power_meter", pl.col("field") == "E_exported")
+    assert row.select("vid", "value", "value_text").row(0) == ("power-meter", 1540509000.0, None)
+    assert tables.status.height == 0 and tables.rejects.height == 0
+
+
+def test_simulated_batch_counts_match_an_independent_count() -> None:
+    messages = _messages(SimulationSpec(sites=4, minutes=600, seed=7, malformed_rate=0.01))
+    readings, status, orphans = _expected_counts(messages)
+    tables = flatten(messages, chunk_size=500)  # several chunks
+    assert tables.readings.height == readings
+    assert tables.status.height == status > 0
+    assert tables.status.schema == STATUS_SCHEMA
+    skipped = tables.rejects.filter(pl.col("time").is_not_null())
+    assert skipped.height == orphans > 0
+    rejected = tables.rejects.filter(pl.col("time").is_null())
+    assert rejected.height == tables.rejected_payloads > 0
+
+
+def test_text_and_boolean_values_go_to_value_text() -> None:
+    body = json.dumps(
+        {"t": 1728734580, "r": [{"_vid": "g", "mode": "auto", "on": True, "off": False, "n": 2}]}
+    )
+    readings = flatten([Message("a/x/u/data", body.encode())]).readings
+    got = {r["field"]: (r["value"], r["value_text"]) for r in readings.iter_rows(named=True)}
+    assert got == {
+        "mode": (None, "auto"),
+        "on": (None, "true"),
+        "off": (None, "false"),
+        "n": (2.0, None),
+    }
+
+
+def test_a_field_first_seen_deep_in_a_batch_is_kept() -> None:
+    usual = {"t": 1728734580, "r": [{"_vid": "inv", "P": 1, "E": 2}]}
+    late = {"t": 1728734640, "r": [{"_vid": "inv", "P": 1, "E": 2, "new_field": "x", "V": 230.5}]}
+    lines = [
+        encode_record("a/site/u/data", json.dumps(usual).encode(), datetime.now(UTC))
+        for _ in range(40_000)
+    ]
+    lines.append(encode_record("a/site/u/data", json.dumps(late).encode(), datetime.now(UTC)))
+    readings = flatten(read_records(lines)).readings
+    assert readings.height == 80_004
+    tail = readings.filter(pl.col("field").is_in(["new_field", "V"]))
+    assert tail.select("field", "value", "value_text").rows() == [
+        ("new_field", None, "x"),
+        ("V", 230.5, None),
+    ]
+
+
+def test_rejects_point_back_to_the_message() -> None:
+    messages = [
+        Message("a/s1/u/data", b'{"t": 1728734580, "r": [{"P": 1}]}', 11),
+        Message("a/s2/u/data", b"\xff", 12),
+    ]
+    rejects = flatten(messages).rejects
+    assert rejects.select("ref", "site", "path", "reason").rows() == [
+        (11, "s1", "$.r[0]", "reading has no _vid, so it cannot be placed"),
+        (12, "s2", "$", "not UTF-8: invalid byte 0xff at offset 0"),
+    ]
+
+
+def test_empty_batch_has_the_schemas() -> None:
+    tables = flatten([])
+    assert tables.readings.schema == READINGS_SCHEMA and tables.readings.height == 0
+    assert tables.messages == 0

@@ -1,0 +1,43 @@
+"""Input lines and raw records give back exactly the bytes received."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data_acq.messages import encode_record, parse_line, read_records, site_of
+
+NOW = datetime(2024, 10, 12, 12, 0, tzinfo=UTC)
+
+
+def test_site_is_the_node_id_of_the_topic() -> None:
+    assert site_of("a/b827eb2bb2a9/u/data") == "b827eb2bb2a9"
+    assert site_of("a/b827eb2bb2a9/bridge_state") == "b827eb2bb2a9"
+    assert site_of("other/topic") is None and site_of(None) is None
+
+
+def test_lines_with_and_without_topic() -> None:
+    assert parse_line(b'a/x/u/data\t{"t":1}\n', 3).topic == "a/x/u/data"
+    bare = parse_line(b'{"t":\t1}\n')  # a tab inside a bare JSON payload
+    assert bare.topic is None and bare.payload == b'{"t":\t1}'
+
+
+def test_valid_json_is_embedded_verbatim() -> None:
+    payload = b'{"t": 1728734580, "r": [{"_vid": "a", "x": 1.50}]}'
+    line = encode_record("a/x/u/data", payload, NOW, qos=1)
+    assert json.loads(line)["payload"] == json.loads(payload)
+    assert payload in line
+    assert next(read_records([line])).payload == payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=100).map(str.encode))
+def test_any_bytes_round_trip(payload: bytes) -> None:
+    line = encode_record("a/x/u/data", payload, NOW, qos=1, dup=True)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    message = next(read_records([line]))
+    assert message.payload == payload
+    assert message.received_at == NOW and message.topic == "a/x/u/data"
