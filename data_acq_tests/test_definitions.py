@@ -1,0 +1,66 @@
+"""The Dagster definitions load, and the broker check runs for real against TLS Mosquitto."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import DagsterInstance, Definitions
+
+from data_acq.defs.jobs import broker_check
+from data_acq.defs.resources import build_resources
+from data_acq.settings import Settings
+from data_acq_tests.conftest import MQTT_PASSWORD, MQTT_USER, SecureBroker
+
+
+def test_definitions_load_and_validate() -> None:
+    from data_acq.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("broker_check").name == "broker_check"
+
+
+def test_broker_check_job_runs_against_tls_broker(
+    secure_mosquitto: SecureBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {
+        "MQTT_BROKER": "localhost",
+        "MQTT_PORT": str(secure_mosquitto.process.port),
+        "MQTT_USERNAME": MQTT_USER,
+        "MQTT_PASSWORD": MQTT_PASSWORD,
+        "CA_CERT_FILE": str(secure_mosquitto.tls.ca),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with DagsterInstance.ephemeral() as instance:
+        result = broker_check.execute_in_process(
+            resources=build_resources(Settings.from_env()), instance=instance
+        )
+        assert result.success
+        output = result.output_for_node("connect_to_broker")
+        assert output == f"localhost:{secure_mosquitto.process.port}"
+        logs = [str(record) for record in instance.all_logs(result.run_id)]
+    assert any("connected to localhost" in line for line in logs)
+    assert not any(MQTT_PASSWORD in line for line in logs)
+    assert MQTT_PASSWORD not in str(result.dagster_run.run_config)
+
+
+def test_broker_check_fails_clearly_with_a_wrong_password(
+    secure_mosquitto: SecureBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_PASSWORD", "nope-wrong-1")
+    settings = Settings.from_env(
+        {
+            "MQTT_BROKER": "localhost",
+            "MQTT_PORT": str(secure_mosquitto.process.port),
+            "MQTT_USERNAME": MQTT_USER,
+            "MQTT_PASSWORD": "nope-wrong-1",
+            "CA_CERT_FILE": str(secure_mosquitto.tls.ca),
+        }
+    )
+    result = broker_check.execute_in_process(
+        resources=build_resources(settings), raise_on_error=False
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("connect_to_broker")
+    assert failure is not None
+    text = str(failure.error)
+    assert "refused the connection" in text and "nope-wrong-1" not in text
