@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from data_acq.contract import Payload, Rejection, parse_payload
+from data_acq.contract import Rejection, parse_payload
 from data_acq.messages import Message, site_of
 
 TIME = pl.Datetime("us", "UTC")
@@ -71,16 +71,19 @@ class Tables:
 
 
 class _Columns:
-    """Flat column buffers for one chunk; reading-level columns are repeated by Polars later."""
+    """Flat column buffers for one chunk.
+
+    Payload-level and reading-level columns hold one entry per payload and per reading; Polars
+    repeats them out to one row per field, so the Python loop does no per-field work.
+    """
 
     def __init__(self) -> None:
-        # one entry per reading
-        self.r_site: list[str | None] = []
-        self.r_time: list[int] = []
+        self.p_site: list[str | None] = []
+        self.p_time: list[int] = []
+        self.p_width: list[int] = []  # readings per payload
         self.r_vid: list[str] = []
         self.r_device: list[str | None] = []
-        self.r_width: list[int] = []
-        # one entry per key of every reading (`_`-keys included, filtered out in Polars)
+        self.r_width: list[int] = []  # fields per reading
         self.keys: list[str] = []
         self.values: list[Any] = []
         self.status: list[tuple[str | None, int, str, str | None, str | None, int | None]] = []
@@ -88,7 +91,7 @@ class _Columns:
         self.messages = 0
         self.accepted = 0
 
-    def add(self, message: Message) -> Payload | Rejection:
+    def add(self, message: Message) -> None:
         self.messages += 1
         site = site_of(message.topic)
         parsed = parse_payload(message.payload)
@@ -96,63 +99,58 @@ class _Columns:
             self.rejects.append(
                 (message.ref, message.topic, site, None, parsed.path, parsed.reason)
             )
-            return parsed
+            return
         self.accepted += 1
         t = parsed.t
         for skipped in parsed.skipped:
             self.rejects.append((message.ref, message.topic, site, t, skipped.path, skipped.reason))
-        for reading in parsed.readings:
-            vid = reading["_vid"]
-            device = reading.get("_d")
-            self.r_site.append(site)
-            self.r_time.append(t)
+        self.p_site.append(site)
+        self.p_time.append(t)
+        self.p_width.append(len(parsed.readings))
+        for reading in parsed.readings:  # ours to consume: the `_`-keys are popped, not copied
+            vid = reading.pop("_vid")
+            device = reading.pop("_d", None)
+            statuses = reading.pop("_s", None)
             self.r_vid.append(vid)
             self.r_device.append(device)
             self.r_width.append(len(reading))
             self.keys.extend(reading)
             self.values.extend(reading.values())
-            statuses = reading.get("_s")
             if statuses:
                 self.status.extend((site, t, vid, device, s.c, s.l) for s in statuses)
-        return parsed
 
     def tables(self) -> Tables:
         values = self.values
-        numbers = [v if v.__class__ is float or v.__class__ is int else None for v in values]
-        texts = [
-            v
-            if v.__class__ is str
-            else (("true" if v else "false") if v.__class__ is bool else None)
-            for v in values
-        ]
-        per_reading = pl.DataFrame(
-            {
-                "site": self.r_site,
-                "time": self.r_time,
-                "vid": self.r_vid,
-                "device": self.r_device,
-                "width": self.r_width,
-            },
-            schema={
-                "site": pl.String,
-                "time": pl.Int64,
-                "vid": pl.String,
-                "device": pl.String,
-                "width": pl.Int64,
-            },
+        numbers = pl.Series(
+            "value",
+            [v if v.__class__ is float or v.__class__ is int else None for v in values],
+            dtype=pl.Float64,
+            strict=False,  # integers beyond 64 bits become floats too
         )
-        row_of_key = per_reading.select(
-            pl.int_range(pl.len(), dtype=pl.UInt32).repeat_by("width").explode()
-        ).to_series()
-        per_key = pl.DataFrame(
-            {
-                "field": pl.Series(self.keys, dtype=pl.String),
-                "value": pl.Series(numbers, dtype=pl.Float64, strict=False),
-                "value_text": pl.Series(texts, dtype=pl.String),
-            }
+        # Only the few non-numeric positions (text, booleans, nulls) need a second look.
+        others = numbers.is_null().arg_true()
+        texts = (
+            pl.repeat(None, len(values), dtype=pl.String, eager=True)
+            .alias("value_text")
+            .scatter(others, [_as_text(values[i]) for i in others.to_list()])
         )
+        per_payload = pl.DataFrame(
+            {"site": self.p_site, "time": self.p_time},
+            schema={"site": pl.String, "time": pl.Int64},
+        )
+        per_reading = pl.concat(
+            [
+                per_payload[_repeat_rows(self.p_width)],
+                pl.DataFrame(
+                    {"vid": self.r_vid, "device": self.r_device},
+                    schema={"vid": pl.String, "device": pl.String},
+                ),
+            ],
+            how="horizontal",
+        )
+        per_field = pl.DataFrame([pl.Series("field", self.keys, dtype=pl.String), numbers, texts])
         readings = (
-            pl.concat([per_reading.drop("width")[row_of_key], per_key], how="horizontal")
+            pl.concat([per_reading[_repeat_rows(self.r_width)], per_field], how="horizontal")
             .lazy()
             .filter(
                 ~pl.col("field").str.starts_with("_")
@@ -173,11 +171,28 @@ class _Columns:
         return Tables(readings, status, rejects, self.messages, self.accepted)
 
 
+def _repeat_rows(widths: list[int]) -> pl.Series:
+    """Row numbers 0, 0, 1, 2, 2, 2 ... for widths 2, 1, 3: each row repeated by its width."""
+    return (
+        pl.int_range(len(widths), dtype=pl.UInt32, eager=True)
+        .repeat_by(pl.Series(widths, dtype=pl.UInt32))
+        .explode()
+    )
+
+
+def _as_text(value: Any) -> str | None:
+    if value.__class__ is str:
+        return value
+    if value.__class__ is bool:
+        return "true" if value else "false"
+    return None  # null, or the `_s` list (dropped with the other `_`-keys)
+
+
 def _epoch_to_time(column: str) -> pl.Expr:
     return pl.from_epoch(column, time_unit="s").dt.replace_time_zone("UTC").cast(TIME)
 
 
-def iter_flatten(messages: Iterable[Message], chunk_size: int = 50_000) -> Iterator[Tables]:
+def iter_flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Iterator[Tables]:
     """Tables chunk by chunk, so memory stays bounded whatever the batch size."""
     iterator = iter(messages)
     while True:
@@ -189,7 +204,7 @@ def iter_flatten(messages: Iterable[Message], chunk_size: int = 50_000) -> Itera
         yield columns.tables()
 
 
-def flatten(messages: Iterable[Message], chunk_size: int = 50_000) -> Tables:
+def flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Tables:
     """All tables of a batch at once (for batches that fit in memory)."""
     parts = list(iter_flatten(messages, chunk_size))
     if not parts:

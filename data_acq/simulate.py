@@ -51,7 +51,7 @@ class _Site:
 
 
 def _site(index: int, rng: random.Random, minutes: int) -> _Site:
-    inverters = rng.randint(1, 6)
+    inverters = rng.randint(3, 8)
     return _Site(
         node_id=f"b827eb{rng.getrandbits(24):06x}",
         inverters=inverters,
@@ -109,10 +109,14 @@ def _payload(site: _Site, t: int, minute: int, rng: random.Random) -> dict[str, 
             "I_L2": current + rng.randint(-1, 1) if p else 0,
             "I_L3": current,
             "V_L1": rng.randint(228, 234) if p else 0,
+            "V_L2": rng.randint(228, 234) if p else 0,
+            "V_L3": rng.randint(228, 234) if p else 0,
             "freq": round(rng.uniform(499.0, 501.0), 1),
             "P_total": p,
             "Q_total": 600 if p else 0,
             "S_total": p + (300 if p else 0),
+            "dc_in_P1": int(p * 1.03),
+            "dc_in_V1": rng.randint(580, 640) if p else 0,
             "total_yield": int(site.yields[k]),
         }
         if rng.random() < 0.01:
@@ -127,6 +131,9 @@ def _payload(site: _Site, t: int, minute: int, rng: random.Random) -> dict[str, 
             "_d": "power_meter",
             "_vid": "power-meter",
             "grid_status": 1,
+            "I_L1": round(total_p / 690, 1),
+            "I_L2": round(total_p / 690, 1),
+            "I_L3": round(total_p / 690, 1),
             "P_total": total_p,
             "E_exported": int(site.exported),
             "freq": 50.0,

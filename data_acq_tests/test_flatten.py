@@ -111,3 +111,20 @@ def test_empty_batch_has_the_schemas() -> None:
     tables = flatten([])
     assert tables.readings.schema == READINGS_SCHEMA and tables.readings.height == 0
     assert tables.messages == 0
+
+
+def test_payloads_without_readings_add_no_rows() -> None:
+    messages = [
+        Message("a/s1/u/data", b'{"t": 1728734580, "r": []}'),
+        Message("a/s2/u/data", b'{"t": 1728734580, "r": [{"_vid": "a", "P": 1}]}'),
+        Message(
+            "a/s3/u/data", b'{"t": 1728734580, "r": [{"_vid": "b"}, {"_vid": "c", "Q": null}]}'
+        ),
+        Message("a/s4/u/data", b'{"t": 1728734640, "r": [{"_vid": "d", "E": 7, "x": "y"}]}'),
+    ]
+    readings = flatten(messages).readings
+    assert readings.select("site", "vid", "field").rows() == [
+        ("s2", "a", "P"),
+        ("s4", "d", "E"),
+        ("s4", "d", "x"),
+    ]
