@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -37,6 +38,7 @@ def make_client(
     broker: BrokerSettings,
     ca_file: Path | None,
     persistent: bool = False,
+    manual_ack: bool = False,
 ) -> mqtt.Client:
     """A configured, unconnected client.
 
@@ -50,6 +52,7 @@ def make_client(
         client_id=broker.client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         clean_session=None if v5 else not persistent,
+        manual_ack=manual_ack,
     )
     if broker.tls:
         client.tls_set(ca_certs=str(ca_file) if ca_file else None)  # verifies the host name
@@ -64,19 +67,27 @@ def connect(
     broker: BrokerSettings,
     persistent: bool = False,
     session_expiry_s: int = 0,
+    receive_maximum: int | None = None,
     timeout_s: float = 15.0,
 ) -> None:
     """Connect and wait for the broker's answer; raise BrokerError with a clear reason."""
     options: dict[str, object] = {}
     if broker.protocol == "5":
         options["clean_start"] = not persistent
+        props = Properties(mqtt.PacketTypes.CONNECT)
         if persistent:
-            options["properties"] = props = Properties(mqtt.PacketTypes.CONNECT)
             props.SessionExpiryInterval = session_expiry_s
-    answer: dict[str, ReasonCode] = {}
+        if receive_maximum:
+            props.ReceiveMaximum = receive_maximum  # unacknowledged deliveries we accept
+        if persistent or receive_maximum:
+            options["properties"] = props
+    answer: dict[str, Any] = {}
 
-    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+    def on_connect(
+        _c: mqtt.Client, _u: object, flags: object, reason: ReasonCode, _p: object
+    ) -> None:
         answer["reason"] = reason
+        answer["flags"] = flags
 
     previous = client.on_connect
     client.on_connect = on_connect
@@ -122,7 +133,7 @@ def connect(
             hint = " (check MQTT_USERNAME and MQTT_PASSWORD)"
         raise BrokerError(f"broker {where} refused the connection: {reason}{hint}")
     if previous is not None:
-        previous(client, client.user_data_get(), {}, reason, None)
+        previous(client, client.user_data_get(), answer["flags"], reason, None)
 
 
 def subscribe_on_connect(client: mqtt.Client, topics: tuple[str, ...], qos: int = 1) -> None:

@@ -16,11 +16,14 @@ import paho.mqtt.client as mqtt
 from data_acq.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
 from data_acq.ca_cert import CACertError, resolve_ca
 from data_acq.contract import Rejection, parse_payload
+from data_acq.drain import Drain, DrainLimits, DrainWriteError
 from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
 from data_acq.messages import read_lines
 from data_acq.pipeline_format import to_pipeline
+from data_acq.raw import RAW_PREFIX
 from data_acq.settings import Settings, SettingsError
 from data_acq.simulate import SimulationSpec, parse_start, simulate
+from data_acq.storage import open_store
 
 log = logging.getLogger("data_acq")
 
@@ -55,7 +58,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         return
     settings = Settings.from_env()
     count = publish_all(
-        settings.broker,
+        settings.broker.for_role("simulate"),
         resolve_ca(settings),
         messages,
         rate=args.rate,
@@ -167,7 +170,36 @@ def cmd_listen(args: argparse.Namespace) -> None:
         ", ".join(settings.broker.topics),
     )
     with stop_on_signals() as stop:
-        run_subscriber(settings.broker, ca_file, on_message, stop)
+        run_subscriber(settings.broker.for_role("listen"), ca_file, on_message, stop)
+
+
+# --- drain ------------------------------------------------------------------------------------
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    store = open_store(settings.storage)
+    limits = DrainLimits(max_seconds=args.max_seconds, idle_exit_s=args.idle_exit)
+    log.info(
+        "draining %s from %s as %s into %s (window %.0f s%s)",
+        ", ".join(settings.broker.topics),
+        settings.broker.address,
+        settings.broker.client_id,
+        store.url(RAW_PREFIX),
+        limits.max_seconds,
+        f", idle exit {limits.idle_exit_s:.0f} s" if limits.idle_exit_s is not None else "",
+    )
+    with stop_on_signals() as stop:
+        try:
+            stats = Drain(settings.broker, resolve_ca(settings), store, limits, stop).run()
+        except DrainWriteError as exc:
+            raise CommandError(str(exc)) from None
+    print(json.dumps(stats.to_metadata()), file=sys.stderr)
+    if stats.unacknowledged:
+        raise CommandError(
+            f"{stats.unacknowledged} stored messages could not be acknowledged (the connection "
+            "dropped before); the broker redelivers them to the next run"
+        )
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -214,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     li = sub.add_parser("listen", help="print arriving payloads in the pipeline format")
     li.add_argument("--raw", action="store_true", help="print topic and raw payload too")
     li.set_defaults(func=cmd_listen)
+
+    dr = sub.add_parser(
+        "drain", help="one drain window: subscribed topics into raw storage, at least once"
+    )
+    dr.add_argument("--max-seconds", type=float, default=600.0, help="length of the window")
+    dr.add_argument("--idle-exit", type=float, help="end after this many seconds without messages")
+    dr.set_defaults(func=cmd_drain)
 
     de = sub.add_parser("demo", help="the main job on a private local broker")
     de.add_argument("--sites", type=int, default=5)

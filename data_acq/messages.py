@@ -81,24 +81,35 @@ def encode_record(
     qos: int = 0,
     retain: bool = False,
     dup: bool = False,
+    is_json: bool | None = None,
 ) -> bytes:
-    """One raw-storage line (with its newline) that gives back `payload` byte for byte."""
+    """One raw-storage line (with its newline) that gives back `payload` byte for byte.
+
+    `is_json` saves a parse when the caller already knows whether the payload is valid JSON.
+    """
     record = RawRecord(topic, received_at.isoformat(), qos, retain, dup)
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         record.payload_b64 = base64.b64encode(payload).decode("ascii")
         return _record_encoder.encode(record) + b"\n"
+    # verbatim only when the line stays one line and the span decodes back to the same bytes
     if b"\n" not in payload and b"\r" not in payload and payload.strip() == payload:
-        try:
-            msgspec.json.decode(payload)
-        except msgspec.DecodeError:
-            pass
-        else:
+        if is_json is None:
+            is_json = _is_json(payload)
+        if is_json:
             record.payload = msgspec.Raw(payload)
             return _record_encoder.encode(record) + b"\n"
     record.payload_text = text
     return _record_encoder.encode(record) + b"\n"
+
+
+def _is_json(payload: bytes) -> bool:
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def record_payload(record: RawRecord) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,15 @@ class BrokerSettings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def for_role(self, role: str) -> BrokerSettings:
+        """The same broker under a client id of its own.
+
+        The drain's persistent session is keyed on `client_id`; a listener or publisher that
+        connected with it would take that session over (and a clean start would discard the
+        messages queued in it).
+        """
+        return replace(self, client_id=f"{self.client_id}-{role}-{os.getpid()}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import logging
 import ssl
 import subprocess
 import threading
@@ -18,6 +19,8 @@ from data_acq_tests.certs import TLSFiles, make_tls_files
 
 CONTRACT = Path(__file__).resolve().parents[1].parent / "shared" / "contract"
 FIXTURES = Path(__file__).parent / "fixtures"
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
 
 MQTT_USER = "logger-test"
 MQTT_PASSWORD = "s3cr3t-Pa55-w0rd"
@@ -106,3 +109,60 @@ def https_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class MotoS3:
+    """moto's threaded S3 server on a free port; `stop()` and `start()` simulate an outage."""
+
+    port: int
+    server: object = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()  # type: ignore[attr-defined]
+            self.server = None
+
+    def client(self, attempts: int = 1) -> object:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(
+                retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=2
+            ),
+        )
+
+
+@pytest.fixture
+def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
+    from data_acq.local_broker import free_port
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    s3 = MotoS3(free_port())
+    s3.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    try:
+        yield s3
+    finally:
+        s3.stop()

@@ -1,0 +1,144 @@
+"""Object storage for raw (and later curated) data: a local folder or S3, behind one interface.
+
+Objects are written once and never overwritten: the local store links a fully written, fsynced
+temporary file into place (which fails if the name exists); the S3 store uses a conditional
+put (`If-None-Match: *`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+
+class ObjectExists(FileExistsError):
+    """An object of that key already exists; raw objects are never overwritten."""
+
+
+class ObjectStore(Protocol):
+    def put_new(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` durably; raise ObjectExists if the key is taken."""
+        ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys under `prefix`, in lexical order."""
+        ...
+
+    def url(self, key: str = "") -> str:
+        """Where the key lives, for people and for DuckDB (a path or an s3:// URL)."""
+        ...
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"key {key!r} leaves the storage root")
+        return path
+
+    def put_new(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and refuses to replace an existing object
+            except FileExistsError:
+                raise ObjectExists(key) from None
+        finally:
+            os.unlink(tmp)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new name itself survives a crash
+        finally:
+            os.close(dir_fd)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix
+        folder = base if base.is_dir() else base.parent
+        if not folder.is_dir():
+            return
+        keys = (
+            path.relative_to(self.root).as_posix()
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
+        yield from sorted(key for key in keys if key.startswith(prefix))
+
+    def url(self, key: str = "") -> str:
+        return str(self.root / key)
+
+
+class S3Store:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_new(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise ObjectExists(key) from None
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        strip = len(self._key(""))
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def parse_s3_url(storage: str) -> tuple[str, str] | None:
+    """(bucket, prefix) for `s3://bucket/prefix`, None for a local folder."""
+    if not storage.startswith("s3://"):
+        return None
+    bucket, _, prefix = storage[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"DATA_ACQ_STORAGE {storage!r} names no bucket")
+    return bucket, prefix.strip("/")
+
+
+def open_store(storage: str, s3_client: Callable[[], Any] | None = None) -> ObjectStore:
+    """The store for DATA_ACQ_STORAGE: a local folder, or S3 through the standard AWS_* settings
+    (AWS_ENDPOINT_URL points boto3 at an S3-compatible server)."""
+    s3 = parse_s3_url(storage)
+    if s3 is None:
+        return LocalStore(Path(storage))
+    if s3_client is None:
+        import boto3
+
+        s3_client = lambda: boto3.client("s3")  # noqa: E731
+    return S3Store(s3_client(), *s3)
