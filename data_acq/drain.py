@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,12 +120,14 @@ class Drain:
         store: ObjectStore,
         limits: DrainLimits = DrainLimits(),
         stop: threading.Event | None = None,
+        on_flush: Callable[[DrainStats], None] | None = None,
     ) -> None:
         self.broker = broker
         self.ca_file = ca_file
         self.store = store
         self.limits = limits
         self.stop = stop or threading.Event()
+        self.on_flush = on_flush
         self.stats = DrainStats()
         self.subscribed = threading.Event()  # set once the broker confirmed the subscriptions
         self._cond = threading.Condition()
@@ -268,6 +271,8 @@ class Drain:
                     void += 1
         self.stats.acknowledged += acked
         self.stats.unacknowledged += void
+        if self.on_flush:
+            self.on_flush(self.stats)
         log.debug("stored %d messages in %s; acknowledged %d", len(batch), key, acked)
 
     def _write(self, first: datetime, data: bytes) -> str:

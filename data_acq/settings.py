@@ -56,10 +56,26 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Subscription:
+    """One drain: its own persistent session (client id) over its own topics."""
+
+    name: str
+    topics: tuple[str, ...]
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     broker: BrokerSettings
     storage: str = "data"  # a local folder, or s3://bucket/prefix
     cache_dir: Path = Path.home() / ".cache" / "data-acq"
+    subscriptions: tuple[Subscription, ...] = ()
+
+    def subscription(self, name: str) -> Subscription:
+        for subscription in self.subscriptions:
+            if subscription.name == name:
+                return subscription
+        raise SettingsError(f"no subscription named {name!r} in DATA_ACQ_SUBSCRIPTIONS")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,5 +118,44 @@ class Settings:
         return cls(
             broker=broker,
             storage=get("DATA_ACQ_STORAGE") or "data",
+            subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
+
+
+def _topics(text: str, variable: str) -> tuple[str, ...]:
+    topics = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not topics:
+        raise SettingsError(f"{variable} names no topic")
+    for topic in topics:
+        if any(topic_matches_sub(topic, f"a/node/d/{leaf}") for leaf in ("config", "command")):
+            raise SettingsError(
+                f"{variable} {topic!r} would consume downstream (cloud-to-logger) topics"
+            )
+    return topics
+
+
+def _subscriptions(text: str | None, broker: BrokerSettings) -> tuple[Subscription, ...]:
+    """`name=topic,topic;name=topic`; without it, one subscription `main` over MQTT_TOPIC.
+
+    Each named subscription gets the client id `<MQTT_CLIENT_ID>-<name>`, so each drain keeps
+    a persistent session of its own.
+    """
+    if not text:
+        return (Subscription("main", broker.topics, broker.client_id),)
+    subscriptions = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, topics = part.partition("=")
+        name = name.strip()
+        if not sep or not name.replace("-", "").replace("_", "").isalnum():
+            raise SettingsError(
+                f"DATA_ACQ_SUBSCRIPTIONS entry {part!r} is not name=topic[,topic...]"
+            )
+        subscriptions.append(
+            Subscription(
+                name, _topics(topics, "DATA_ACQ_SUBSCRIPTIONS"), f"{broker.client_id}-{name}"
+            )
+        )
+    if len({s.name for s in subscriptions}) != len(subscriptions):
+        raise SettingsError("DATA_ACQ_SUBSCRIPTIONS repeats a name")
+    return tuple(subscriptions)

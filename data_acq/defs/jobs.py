@@ -1,14 +1,15 @@
 """Jobs for operators."""
 
-from dagster import OpExecutionContext, Output, job, op
+from dagster import OpExecutionContext, Output, define_asset_job, job, op
 
 from data_acq.broker import connect, make_client
+from data_acq.defs.assets import raw_messages
 from data_acq.defs.resources import MQTTBroker
 
 
 @op(description="Connect to the broker with the configured TLS, CA and credentials, then leave.")
 def connect_to_broker(context: OpExecutionContext, mqtt: MQTTBroker) -> Output[str]:
-    broker = mqtt.settings()
+    broker = mqtt.settings().for_role("check")  # never the drain's session
     ca_file = mqtt.ca_file()
     client = make_client(broker, ca_file)
     connect(client, broker)
@@ -29,3 +30,14 @@ def connect_to_broker(context: OpExecutionContext, mqtt: MQTTBroker) -> Output[s
 @job(description="Check that the broker is reachable with the configured TLS and credentials.")
 def broker_check() -> None:
     connect_to_broker()
+
+
+drain_job = define_asset_job(
+    "drain",
+    selection=[raw_messages],
+    description=(
+        "One drain window: the subscription's topics into raw storage, acknowledged only once "
+        "stored. Started and restarted by the drain sensor, one run per subscription."
+    ),
+    tags={"data_acq/kind": "drain"},
+)

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar, ResourceDependency
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from data_acq.ca_cert import cache_path, download_ca_cert, local_ca_cert
 from data_acq.settings import BrokerSettings, Settings
+from data_acq.storage import LocalStore, ObjectStore, S3Store, parse_s3_url
 
 
 class CACertificate(ConfigurableResource):
@@ -42,14 +44,17 @@ class MQTTBroker(ConfigurableResource):
     protocol: str = "5"
     ca_certificate: ResourceDependency[CACertificate]
 
-    def settings(self) -> BrokerSettings:
+    def settings(
+        self, topics: list[str] | None = None, client_id: str | None = None
+    ) -> BrokerSettings:
+        """The connection settings, optionally for one subscription's topics and client id."""
         return BrokerSettings(
             host=self.host,
             port=self.port,
             username=self.username,
             password=self.password,
-            topics=tuple(self.topics),
-            client_id=self.client_id,
+            topics=tuple(topics or self.topics),
+            client_id=client_id or self.client_id,
             protocol=self.protocol,  # type: ignore[arg-type]
             ca_cert_url=self.ca_certificate.url,
             ca_cert_file=self.ca_certificate.file,
@@ -57,6 +62,38 @@ class MQTTBroker(ConfigurableResource):
 
     def ca_file(self) -> Path | None:
         return self.ca_certificate.path()
+
+
+class Storage(ConfigurableResource):
+    """Where raw and curated objects live; assets see only the `ObjectStore` interface."""
+
+    def store(self) -> ObjectStore:
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    root: str = Field(description="Local folder (DATA_ACQ_STORAGE)")
+
+    def store(self) -> ObjectStore:
+        return LocalStore(Path(self.root))
+
+
+class S3Storage(Storage):
+    bucket: str
+    prefix: str = ""
+    s3: ResourceDependency[S3Resource]
+
+    def store(self) -> ObjectStore:
+        return S3Store(self.s3.get_client(), self.bucket, self.prefix)
+
+
+def build_storage(storage: str) -> Storage:
+    """Local folder by default; `s3://bucket/prefix` uses dagster-aws's S3Resource, which takes
+    the standard AWS_* variables (AWS_ENDPOINT_URL for S3-compatible servers)."""
+    s3 = parse_s3_url(storage)
+    if s3 is None:
+        return LocalStorage(root=str(Path(storage).resolve()))
+    return S3Storage(bucket=s3[0], prefix=s3[1], s3=S3Resource())
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -78,4 +115,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
             protocol=broker.protocol,
             ca_certificate=ca,
         ),
+        "storage": build_storage(settings.storage),
     }

@@ -1,0 +1,115 @@
+"""The drain sensor: exactly one drain run active per subscription, relaunched as runs end."""
+
+import json
+import time
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from data_acq.defs.jobs import drain_job
+from data_acq.settings import Subscription
+
+SUBSCRIPTION_TAG = "data_acq/subscription"
+ACTIVE = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+BACKOFF_BASE_S = 30.0
+BACKOFF_MAX_S = 900.0
+
+
+def failure_backoff_s(consecutive_failures: int) -> float:
+    """30 s after one failed drain, doubling to at most 15 minutes."""
+    if consecutive_failures == 0:
+        return 0.0
+    return min(BACKOFF_BASE_S * 2 ** (consecutive_failures - 1), BACKOFF_MAX_S)
+
+
+def _consecutive_failures(statuses: list[DagsterRunStatus]) -> int:
+    count = 0
+    for status in statuses:  # newest first
+        if status != DagsterRunStatus.FAILURE:
+            break
+        count += 1
+    return count
+
+
+def build_drain_sensor(
+    subscriptions: tuple[Subscription, ...], window_s: float = 600.0
+) -> SensorDefinition:
+    @sensor(
+        job=drain_job,
+        minimum_interval_seconds=15,
+        default_status=DefaultSensorStatus.STOPPED,
+        description=(
+            "Keeps one drain run active per subscription: requests a run when none is queued or "
+            "running, never a second one, and backs off after repeated failures (30 s doubling "
+            "to 15 min). Turning it off lets the current windows finish and starts no more."
+        ),
+    )
+    def drain_sensor(context: SensorEvaluationContext) -> SensorResult:
+        launched: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        requests: list[RunRequest] = []
+        skipped: list[str] = []
+        for sub in subscriptions:
+            tags = {SUBSCRIPTION_TAG: sub.name}
+            active = context.instance.get_runs(
+                filters=RunsFilter(job_name=drain_job.name, tags=tags, statuses=ACTIVE), limit=1
+            )
+            if active:
+                skipped.append(
+                    f"{sub.name}: run {active[0].run_id[:8]} is {active[0].status.value}"
+                )
+                continue
+            recent = context.instance.get_run_records(
+                filters=RunsFilter(job_name=drain_job.name, tags=tags), limit=10
+            )
+            failures = _consecutive_failures([r.dagster_run.status for r in recent])
+            if failures:
+                wait = failure_backoff_s(failures)
+                ended = recent[0].end_time or recent[0].update_timestamp.timestamp()
+                remaining = ended + wait - time.time()
+                if remaining > 0:
+                    skipped.append(
+                        f"{sub.name}: {failures} failed runs in a row; next try in {remaining:.0f} s"
+                    )
+                    continue
+            number = launched.get(sub.name, 0) + 1
+            launched[sub.name] = number
+            requests.append(
+                RunRequest(
+                    run_key=f"drain-{sub.name}-{number}",
+                    run_config={
+                        "ops": {
+                            "raw_messages": {
+                                "config": {
+                                    "subscription": sub.name,
+                                    "topics": list(sub.topics),
+                                    "client_id": sub.client_id,
+                                    "max_seconds": window_s,
+                                }
+                            }
+                        }
+                    },
+                    tags=tags,
+                )
+            )
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=SkipReason("; ".join(skipped)) if not requests else None,
+            cursor=json.dumps(launched, sort_keys=True),
+        )
+
+    return drain_sensor

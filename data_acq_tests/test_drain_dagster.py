@@ -1,0 +1,160 @@
+"""The drain in Dagster: the sensor's decisions on a real temporary instance, and a real run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    SensorResult,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.utils import make_new_run_id
+
+from data_acq.defs.assets import raw_messages
+from data_acq.defs.jobs import drain_job
+from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
+from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s
+from data_acq.local_broker import LocalMosquitto
+from data_acq.raw import raw_keys
+from data_acq.settings import Settings, Subscription
+from data_acq.storage import LocalStore
+from data_acq_tests.drain_helpers import missing, publish_in_background, unique_messages
+
+MAIN = Subscription("main", ("a/+/u/data",), "drain-main")
+META = Subscription("meta", ("a/+/u/meta/#", "a/+/bridge_state"), "drain-meta")
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as instance:
+        yield instance
+
+
+def _evaluate(instance: DagsterInstance, cursor: str | None = None, subs=(MAIN,)) -> SensorResult:  # type: ignore[no-untyped-def]
+    sensor = build_drain_sensor(subs)
+    result = sensor(build_sensor_context(instance=instance, cursor=cursor))
+    assert isinstance(result, SensorResult)
+    return result
+
+
+def _add_run(instance: DagsterInstance, status: DagsterRunStatus, name: str = "main") -> DagsterRun:
+    run = DagsterRun(
+        job_name="drain", run_id=make_new_run_id(), tags={SUBSCRIPTION_TAG: name}, status=status
+    )
+    instance.add_run(run)
+    if status == DagsterRunStatus.FAILURE:
+        instance.report_run_failed(run)  # records when it ended
+    return run
+
+
+def test_requests_a_run_when_none_is_active(instance: DagsterInstance) -> None:
+    result = _evaluate(instance)
+    assert [r.run_key for r in result.run_requests] == ["drain-main-1"]
+    request = result.run_requests[0]
+    assert request.tags == {SUBSCRIPTION_TAG: "main"}
+    config = request.run_config["ops"]["raw_messages"]["config"]
+    assert config["client_id"] == "drain-main" and config["topics"] == ["a/+/u/data"]
+
+
+def test_no_second_run_while_one_is_queued_or_running(instance: DagsterInstance) -> None:
+    for status in (
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ):
+        run = _add_run(instance, status)
+        result = _evaluate(instance, cursor='{"main": 1}')
+        assert result.run_requests == []
+        assert result.skip_reason is not None and run.run_id[:8] in str(result.skip_reason)
+        instance.delete_run(run.run_id)
+
+
+def test_relaunches_after_a_window_ends_with_a_new_run_key(instance: DagsterInstance) -> None:
+    _add_run(instance, DagsterRunStatus.SUCCESS)
+    first = _evaluate(instance, cursor='{"main": 1}')
+    assert [r.run_key for r in first.run_requests] == ["drain-main-2"]
+    again = _evaluate(instance, cursor='{"main": 1}')  # a retried tick: same key, deduplicated
+    assert [r.run_key for r in again.run_requests] == ["drain-main-2"]
+    assert first.cursor == '{"main": 2}'
+
+
+def test_backs_off_after_repeated_failures(instance: DagsterInstance) -> None:
+    assert [failure_backoff_s(n) for n in (0, 1, 2, 3, 10)] == [0, 30, 60, 120, 900]
+    for _ in range(3):
+        _add_run(instance, DagsterRunStatus.FAILURE)
+    result = _evaluate(instance, cursor='{"main": 3}')
+    assert result.run_requests == []
+    assert "3 failed runs in a row; next try in" in str(result.skip_reason)
+    _add_run(instance, DagsterRunStatus.SUCCESS)  # a success resets the count
+    assert len(_evaluate(instance, cursor='{"main": 4}').run_requests) == 1
+
+
+def test_each_subscription_has_its_own_run(instance: DagsterInstance) -> None:
+    _add_run(instance, DagsterRunStatus.STARTED, name="main")
+    result = _evaluate(instance, subs=(MAIN, META))
+    assert [(r.run_key, r.tags[SUBSCRIPTION_TAG]) for r in result.run_requests] == [
+        ("drain-meta-1", "meta")
+    ]
+
+
+def test_subscriptions_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "MQTT_CLIENT_ID": "acq",
+            "DATA_ACQ_SUBSCRIPTIONS": "data=a/+/u/data; meta=a/+/u/meta/#,a/+/bridge_state",
+        }
+    )
+    assert settings.subscriptions == (
+        Subscription("data", ("a/+/u/data",), "acq-data"),
+        Subscription("meta", ("a/+/u/meta/#", "a/+/bridge_state"), "acq-meta"),
+    )
+    assert Settings.from_env({"MQTT_CLIENT_ID": "acq"}).subscriptions == (
+        Subscription("main", ("a/+/u/data",), "acq"),
+    )
+
+
+def test_drain_job_run_materializes_raw_with_metadata(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    sent = unique_messages(300)
+    with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
+        resources = {
+            "mqtt": MQTTBroker(
+                host="127.0.0.1",
+                port=broker.port,
+                topics=["a/+/u/data"],
+                client_id="drain-dagster",
+                ca_certificate=CACertificate(cache_dir=str(tmp_path / "ca")),
+            ),
+            "storage": LocalStorage(root=str(tmp_path / "store")),
+        }
+        job = Definitions(
+            assets=[raw_messages], jobs=[drain_job], resources=resources
+        ).resolve_job_def("drain")
+        config = {"ops": {"raw_messages": {"config": {"idle_exit_s": 0.5}}}}
+        assert job.execute_in_process(
+            run_config=config, instance=instance
+        ).success  # makes the session
+        publish_in_background(broker.port, sent).join(30)  # queued in the session meanwhile
+        time.sleep(0.2)
+        config["ops"]["raw_messages"]["config"]["idle_exit_s"] = 2
+        result = job.execute_in_process(run_config=config, instance=instance)
+    assert result.success
+    store = LocalStore(tmp_path / "store")
+    assert missing(sent, store) == 0
+    materialization = result.asset_materializations_for_node("raw_messages")[0]
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["messages"] == metadata["stored"] == metadata["acknowledged"] == 300
+    assert metadata["objects"] == len(raw_keys(store)) >= 1  # the first run stored nothing
+    assert metadata["sites"] == 10 and metadata["subscription"] == "main"
+    assert metadata["max_lag_s"] > 0 and str(tmp_path / "store" / "raw") in str(
+        metadata["raw_root"]
+    )
