@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -178,20 +179,24 @@ def cmd_listen(args: argparse.Namespace) -> None:
 
 def cmd_drain(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
+    sub = (
+        settings.subscription(args.subscription) if args.subscription else settings.subscriptions[0]
+    )
+    broker = replace(settings.broker, topics=sub.topics, client_id=sub.client_id)
     store = open_store(settings.storage)
     limits = DrainLimits(max_seconds=args.max_seconds, idle_exit_s=args.idle_exit)
     log.info(
         "draining %s from %s as %s into %s (window %.0f s%s)",
-        ", ".join(settings.broker.topics),
-        settings.broker.address,
-        settings.broker.client_id,
+        ", ".join(broker.topics),
+        broker.address,
+        broker.client_id,
         store.url(RAW_PREFIX),
         limits.max_seconds,
         f", idle exit {limits.idle_exit_s:.0f} s" if limits.idle_exit_s is not None else "",
     )
     with stop_on_signals() as stop:
         try:
-            stats = Drain(settings.broker, resolve_ca(settings), store, limits, stop).run()
+            stats = Drain(broker, resolve_ca(settings), store, limits, stop).run()
         except DrainWriteError as exc:
             raise CommandError(str(exc)) from None
     print(json.dumps(stats.to_metadata()), file=sys.stderr)
@@ -252,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--max-seconds", type=float, default=600.0, help="length of the window")
     dr.add_argument("--idle-exit", type=float, help="end after this many seconds without messages")
+    dr.add_argument("--subscription", help="name from DATA_ACQ_SUBSCRIPTIONS (default: the first)")
     dr.set_defaults(func=cmd_drain)
 
     de = sub.add_parser("demo", help="the main job on a private local broker")

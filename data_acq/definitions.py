@@ -13,6 +13,6 @@ settings = Settings.from_env()
 defs = Definitions(
     assets=[raw_messages],
     jobs=[broker_check, drain_job],
-    sensors=[build_drain_sensor(settings.subscriptions)],
+    sensors=[build_drain_sensor(settings.subscriptions, settings.drain_window_s)],
     resources=build_resources(settings),
 )

@@ -70,6 +70,7 @@ class Settings:
     storage: str = "data"  # a local folder, or s3://bucket/prefix
     cache_dir: Path = Path.home() / ".cache" / "data-acq"
     subscriptions: tuple[Subscription, ...] = ()
+    drain_window_s: float = 600.0
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -115,10 +116,18 @@ class Settings:
             **({"client_id": cid} if (cid := get("MQTT_CLIENT_ID")) else {}),
         )
         cache = get("DATA_ACQ_CACHE")
+        window_text = get("DATA_ACQ_DRAIN_WINDOW") or "600"
+        try:
+            window = float(window_text)
+        except ValueError:
+            raise SettingsError(
+                f"DATA_ACQ_DRAIN_WINDOW must be a number of seconds, got {window_text!r}"
+            ) from None
         return cls(
             broker=broker,
             storage=get("DATA_ACQ_STORAGE") or "data",
             subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker),
+            drain_window_s=window,
             **({"cache_dir": Path(cache)} if cache else {}),
         )
 
