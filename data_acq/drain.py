@@ -25,7 +25,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from data_acq.broker import connect, make_client
+from data_acq.broker import BrokerError, connect, make_client
 from data_acq.messages import encode_record, site_of
 from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
@@ -140,6 +140,7 @@ class Drain:
         self._connection = 0  # bumped on every connect and disconnect
         self._connected = False
         self._closing = False
+        self._refused: str | None = None  # subscriptions the broker refused
 
     # --- paho's network thread ----------------------------------------------------------------
 
@@ -163,10 +164,16 @@ class Drain:
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, reasons: list, _p: object
     ) -> None:
-        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
-        if refused:
-            log.error("broker refused subscriptions: %s", ", ".join(refused))
-        else:
+        # a failure code, or QoS 0 granted instead of 1: either way no at-least-once delivery
+        refused = [
+            f"{topic} ({reason})"
+            for topic, reason in zip(self.broker.topics, reasons, strict=False)
+            if reason.is_failure or reason.value < 1
+        ]
+        with self._cond:
+            self._refused = ", ".join(refused) or None
+            self._cond.notify()
+        if not refused:
             self.subscribed.set()
 
     def _on_disconnect(
@@ -326,6 +333,12 @@ class Drain:
                 with self._cond:
                     due = self._due(now)
                     idle_for = now - self._last_arrival
+                    refused = self._refused
+                if refused:
+                    raise BrokerError(
+                        f"broker refused the QoS 1 subscription to {refused}; "
+                        "without it delivery is not at least once"
+                    )
                 if due:
                     self._flush(client)
                     continue

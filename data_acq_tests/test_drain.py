@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from data_acq.broker import BrokerError
+from data_acq.drain import Drain, DrainLimits
 from data_acq.local_broker import LocalMosquitto
 from data_acq.raw import raw_keys, read_raw_object
 from data_acq.settings import BrokerSettings
@@ -161,3 +165,15 @@ def _wait_for_line(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 
     while text not in seen:
         assert time.monotonic() < deadline and proc.poll() is None, seen
         seen += proc.stderr.readline()
+
+
+def test_a_subscription_without_qos1_fails_the_run(tmp_path: Path) -> None:
+    """A broker that grants only QoS 0 cannot redeliver: the drain refuses to run on it."""
+    store = LocalStore(tmp_path / "store")
+    with LocalMosquitto(tmp_path / "mq", extra=("max_qos 0",)) as broker:
+        settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="drain-qos0")
+        drain = Drain(settings, None, store, DrainLimits(max_seconds=20))
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match=r"refused the QoS 1 subscription to a/\+/u/data"):
+            drain.run()
+    assert time.monotonic() - started < 10
