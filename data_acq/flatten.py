@@ -9,16 +9,21 @@ deep in a batch is kept like any other.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import polars as pl
 import pyarrow.parquet as pq
 
 from data_acq.contract import Rejection, parse_payload
 from data_acq.messages import Message, site_of
+from data_acq.pipeline_format import to_pipeline
+
+_encode = msgspec.json.Encoder().encode
 
 TIME = pl.Datetime("us", "UTC")
 
@@ -31,6 +36,7 @@ READINGS_SCHEMA = pl.Schema(
         "field": pl.String,
         "value": pl.Float64,
         "value_text": pl.String,
+        "received_at": TIME,
     }
 )
 STATUS_SCHEMA = pl.Schema(
@@ -43,9 +49,18 @@ STATUS_SCHEMA = pl.Schema(
         "level": pl.Int64,
     }
 )
+PAYLOADS_SCHEMA = pl.Schema(
+    {
+        "site": pl.String,
+        "time": TIME,
+        "received_at": TIME,
+        "document": pl.String,  # the payload in the pipeline format, JSON
+    }
+)
 REJECTS_SCHEMA = pl.Schema(
     {
         "ref": pl.Int64,
+        "received_at": TIME,
         "topic": pl.String,
         "site": pl.String,
         "time": TIME,
@@ -64,6 +79,7 @@ class Tables:
     rejects: pl.DataFrame
     messages: int
     accepted: int
+    payloads: pl.DataFrame = field(default_factory=PAYLOADS_SCHEMA.to_frame)  # when asked for
 
     @property
     def rejected_payloads(self) -> int:
@@ -77,9 +93,12 @@ class _Columns:
     repeats them out to one row per field, so the Python loop does no per-field work.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: bool = False) -> None:
+        self.pipeline = pipeline
         self.p_site: list[str | None] = []
         self.p_time: list[int] = []
+        self.p_received: list[datetime | None] = []
+        self.p_document: list[str] = []
         self.p_width: list[int] = []  # readings per payload
         self.r_vid: list[str] = []
         self.r_device: list[str | None] = []
@@ -87,7 +106,9 @@ class _Columns:
         self.keys: list[str] = []
         self.values: list[Any] = []
         self.status: list[tuple[str | None, int, str, str | None, str | None, int | None]] = []
-        self.rejects: list[tuple[int, str | None, str | None, int | None, str, str]] = []
+        self.rejects: list[
+            tuple[int, datetime | None, str | None, str | None, int | None, str, str]
+        ] = []
         self.messages = 0
         self.accepted = 0
 
@@ -95,17 +116,23 @@ class _Columns:
         self.messages += 1
         site = site_of(message.topic)
         parsed = parse_payload(message.payload)
+        received = message.received_at
         if isinstance(parsed, Rejection):
             self.rejects.append(
-                (message.ref, message.topic, site, None, parsed.path, parsed.reason)
+                (message.ref, received, message.topic, site, None, parsed.path, parsed.reason)
             )
             return
         self.accepted += 1
         t = parsed.t
         for skipped in parsed.skipped:
-            self.rejects.append((message.ref, message.topic, site, t, skipped.path, skipped.reason))
+            self.rejects.append(
+                (message.ref, received, message.topic, site, t, skipped.path, skipped.reason)
+            )
+        if self.pipeline:  # before the readings are consumed below
+            self.p_document.append(_encode(to_pipeline(parsed)).decode())
         self.p_site.append(site)
         self.p_time.append(t)
+        self.p_received.append(received)
         self.p_width.append(len(parsed.readings))
         for reading in parsed.readings:  # ours to consume: the `_`-keys are popped, not copied
             vid = reading.pop("_vid")
@@ -135,8 +162,8 @@ class _Columns:
             .scatter(others, [_as_text(values[i]) for i in others.to_list()])
         )
         per_payload = pl.DataFrame(
-            {"site": self.p_site, "time": self.p_time},
-            schema={"site": pl.String, "time": pl.Int64},
+            {"site": self.p_site, "time": self.p_time, "received_at": self.p_received},
+            schema={"site": pl.String, "time": pl.Int64, "received_at": TIME},
         )
         per_reading = pl.concat(
             [
@@ -168,7 +195,12 @@ class _Columns:
         rejects = pl.DataFrame(
             self.rejects, schema={**REJECTS_SCHEMA, "time": pl.Int64}, orient="row"
         ).with_columns(_epoch_to_time("time"))
-        return Tables(readings, status, rejects, self.messages, self.accepted)
+        payloads = PAYLOADS_SCHEMA.to_frame()
+        if self.pipeline:
+            payloads = per_payload.with_columns(
+                _epoch_to_time("time"), document=pl.Series(self.p_document, dtype=pl.String)
+            )
+        return Tables(readings, status, rejects, self.messages, self.accepted, payloads)
 
 
 def _repeat_rows(widths: list[int]) -> pl.Series:
@@ -192,11 +224,16 @@ def _epoch_to_time(column: str) -> pl.Expr:
     return pl.from_epoch(column, time_unit="s").dt.replace_time_zone("UTC").cast(TIME)
 
 
-def iter_flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Iterator[Tables]:
-    """Tables chunk by chunk, so memory stays bounded whatever the batch size."""
+def iter_flatten(
+    messages: Iterable[Message], chunk_size: int = 20_000, pipeline: bool = False
+) -> Iterator[Tables]:
+    """Tables chunk by chunk, so memory stays bounded whatever the batch size.
+
+    `pipeline` adds the `payloads` table: each accepted payload in the pipeline format.
+    """
     iterator = iter(messages)
     while True:
-        columns = _Columns()
+        columns = _Columns(pipeline)
         for message in islice(iterator, chunk_size):
             columns.add(message)
         if columns.messages == 0:
@@ -204,9 +241,11 @@ def iter_flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Itera
         yield columns.tables()
 
 
-def flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Tables:
+def flatten(
+    messages: Iterable[Message], chunk_size: int = 20_000, pipeline: bool = False
+) -> Tables:
     """All tables of a batch at once (for batches that fit in memory)."""
-    parts = list(iter_flatten(messages, chunk_size))
+    parts = list(iter_flatten(messages, chunk_size, pipeline))
     if not parts:
         return Tables(
             READINGS_SCHEMA.to_frame(), STATUS_SCHEMA.to_frame(), REJECTS_SCHEMA.to_frame(), 0, 0
@@ -217,6 +256,7 @@ def flatten(messages: Iterable[Message], chunk_size: int = 20_000) -> Tables:
         pl.concat([p.rejects for p in parts]),
         sum(p.messages for p in parts),
         sum(p.accepted for p in parts),
+        pl.concat([p.payloads for p in parts]),
     )
 
 

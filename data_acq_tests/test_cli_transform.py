@@ -58,7 +58,17 @@ def test_readings_and_status_to_parquet(tmp_path: Path) -> None:
     result = _run("transform", "--to", "readings", "--output", str(readings), stdin=sim.stdout)
     assert result.returncode == 0, result.stderr
     frame = pl.read_parquet(readings)
-    assert frame.columns == ["site", "time", "vid", "device", "field", "value", "value_text"]
+    assert frame.columns == [
+        "site",
+        "time",
+        "vid",
+        "device",
+        "field",
+        "value",
+        "value_text",
+        "received_at",
+    ]
+    assert frame["received_at"].null_count() == frame.height  # files carry no receive time
     assert frame["site"].n_unique() == 3
     assert frame.select(pl.struct("site", "time").n_unique()).item() == 3 * 120
     status = tmp_path / "status.parquet"

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from data_acq.contract import parse_payload
 from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, flatten
 from data_acq.messages import Message, encode_record, read_records
+from data_acq.pipeline_format import to_pipeline
 from data_acq.simulate import SimulationSpec, simulate
 from data_acq_tests.conftest import FIXTURES
 
@@ -128,3 +130,20 @@ def test_payloads_without_readings_add_no_rows() -> None:
         ("s4", "d", "E"),
         ("s4", "d", "x"),
     ]
+
+
+def test_pipeline_documents_and_receive_times_ride_along() -> None:
+    received = datetime(2024, 10, 13, 1, 2, 3, tzinfo=UTC)
+    example = (FIXTURES / "example_payload.json").read_bytes().replace(b"\n", b"")
+    lines = [
+        encode_record("a/b827eb2bb2a9/u/data", example, received),
+        encode_record("a/b827eb2bb2a9/u/data", b"{oops", received),
+    ]
+    tables = flatten(read_records(lines), pipeline=True)
+    assert tables.payloads.height == 1
+    row = tables.payloads.row(0, named=True)
+    assert row["site"] == "b827eb2bb2a9" and row["received_at"] == received
+    assert json.loads(row["document"]) == to_pipeline(parse_payload(example))  # type: ignore[arg-type]
+    assert '"P_total":14400,' in row["document"] and '"freq":499.0,' in row["document"]
+    assert tables.readings["received_at"].unique().to_list() == [received]
+    assert tables.rejects.select("ref", "received_at").rows() == [(1, received)]
