@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,10 +22,12 @@ from data_acq.drain import Drain, DrainLimits, DrainWriteError
 from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
 from data_acq.messages import read_lines
 from data_acq.pipeline_format import to_pipeline
+from data_acq.process import process
 from data_acq.raw import RAW_PREFIX
 from data_acq.settings import Settings, SettingsError
 from data_acq.simulate import SimulationSpec, parse_start, simulate
-from data_acq.storage import open_store
+from data_acq.storage import LocalStore, open_store
+from data_acq.warehouse import refresh_warehouse
 
 log = logging.getLogger("data_acq")
 
@@ -207,6 +210,34 @@ def cmd_drain(args: argparse.Namespace) -> None:
         )
 
 
+# --- process ----------------------------------------------------------------------------------
+
+
+def cmd_process(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    store = open_store(settings.storage)
+    dates = [date.fromisoformat(d) for d in args.date or ()]
+    result = process(store, dates, progress=log.info)
+    staged = result.staged
+    if staged:
+        log.info(
+            "staged %d raw objects: %d messages, %d accepted, %d rejects; dates touched: %s",
+            staged.raw_objects,
+            staged.messages,
+            staged.accepted,
+            staged.rejects,
+            ", ".join(sorted(d.isoformat() for d in staged.dates)) or "none",
+        )
+    else:
+        log.info("no new raw objects")
+    for built in result.dates:
+        rows = ", ".join(f"{k} {v}" for k, v in built.rows.items())
+        log.info("%s: %s; %d duplicate readings removed", built.day, rows, built.duplicates_removed)
+    if isinstance(store, LocalStore) and result.dates:
+        path = refresh_warehouse(store.root, [b.day for b in result.dates])
+        log.info("warehouse: %s", path)
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -259,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--idle-exit", type=float, help="end after this many seconds without messages")
     dr.add_argument("--subscription", help="name from DATA_ACQ_SUBSCRIPTIONS (default: the first)")
     dr.set_defaults(func=cmd_drain)
+
+    pr = sub.add_parser("process", help="raw into curated tables and the DuckDB warehouse")
+    pr.add_argument(
+        "--date",
+        action="append",
+        help="also rebuild this measurement date (YYYY-MM-DD); repeatable",
+    )
+    pr.set_defaults(func=cmd_process)
 
     de = sub.add_parser("demo", help="the main job on a private local broker")
     de.add_argument("--sites", type=int, default=5)

@@ -59,7 +59,8 @@ PAYLOADS_SCHEMA = pl.Schema(
 )
 REJECTS_SCHEMA = pl.Schema(
     {
-        "ref": pl.Int64,
+        "source": pl.String,  # raw object (or file) ...
+        "ref": pl.Int64,  # ... and line number in it
         "received_at": TIME,
         "topic": pl.String,
         "site": pl.String,
@@ -119,14 +120,32 @@ class _Columns:
         received = message.received_at
         if isinstance(parsed, Rejection):
             self.rejects.append(
-                (message.ref, received, message.topic, site, None, parsed.path, parsed.reason)
+                (
+                    message.source,
+                    message.ref,
+                    received,
+                    message.topic,
+                    site,
+                    None,
+                    parsed.path,
+                    parsed.reason,
+                )
             )
             return
         self.accepted += 1
         t = parsed.t
         for skipped in parsed.skipped:
             self.rejects.append(
-                (message.ref, received, message.topic, site, t, skipped.path, skipped.reason)
+                (
+                    message.source,
+                    message.ref,
+                    received,
+                    message.topic,
+                    site,
+                    t,
+                    skipped.path,
+                    skipped.reason,
+                )
             )
         if self.pipeline:  # before the readings are consumed below
             self.p_document.append(_encode(to_pipeline(parsed)).decode())

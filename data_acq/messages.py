@@ -18,8 +18,9 @@ import msgspec
 class Message:
     topic: str | None
     payload: bytes
-    ref: int = 0
+    ref: int = 0  # line number in `source`
     received_at: datetime | None = None
+    source: str | None = None  # the file or raw object it was read from
 
 
 def site_of(topic: str | None) -> str | None:
@@ -123,7 +124,9 @@ def record_payload(record: RawRecord) -> bytes:
     return b""
 
 
-def read_records(lines: Iterable[bytes], first_ref: int = 0) -> Iterator[Message]:
+def read_records(
+    lines: Iterable[bytes], first_ref: int = 0, source: str | None = None
+) -> Iterator[Message]:
     """Messages from raw-storage lines."""
     for ref, line in enumerate(lines, start=first_ref):
         record = _record_decoder.decode(line)
@@ -132,4 +135,5 @@ def read_records(lines: Iterable[bytes], first_ref: int = 0) -> Iterator[Message
             record_payload(record),
             ref,
             datetime.fromisoformat(record.received_at),
+            source,
         )

@@ -36,7 +36,7 @@ def raw_keys(store: ObjectStore, prefix: str = RAW_PREFIX) -> list[str]:
 
 def read_raw_object(store: ObjectStore, key: str) -> Iterator[Message]:
     """The messages of one raw object, each with `ref` = its line number in the object."""
-    yield from read_records(gzip.decompress(store.get(key)).splitlines(), first_ref=1)
+    yield from read_records(gzip.decompress(store.get(key)).splitlines(), first_ref=1, source=key)
 
 
 def read_raw(store: ObjectStore, keys: Iterable[str]) -> Iterator[Message]:

@@ -25,6 +25,10 @@ class ObjectStore(Protocol):
         """Store `data` under `key` durably; raise ObjectExists if the key is taken."""
         ...
 
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, replacing what was there (curated outputs only)."""
+        ...
+
     def get(self, key: str) -> bytes: ...
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
@@ -67,6 +71,18 @@ class LocalStore:
         finally:
             os.close(dir_fd)
 
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)  # readers see the old or the new file, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
@@ -104,6 +120,9 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise ObjectExists(key) from None
             raise
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()

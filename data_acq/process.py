@@ -1,0 +1,339 @@
+"""Processing: raw objects into curated tables by measurement date, exactly once.
+
+Two steps, so that late data costs only the dates it touches:
+
+1. `stage` flattens raw objects not processed yet and appends what they hold to per-date staging
+   files (`staging/<table>/date=D/<batch>-<chunk>.parquet`), then records the objects in an
+   index (`staging/index/<batch>.json`). A crash before the index is written means the objects
+   are staged again; the duplicates that causes are removed in step 2 like any redelivery.
+2. `build_date` rebuilds one measurement date from its staging files: de-duplicated readings,
+   device status, pipeline payloads and rejects, and the day's aggregates, written as Parquet
+   (hive folders by date and site) or NDJSON under `curated/`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from data_acq.flatten import TIME, iter_flatten
+from data_acq.raw import raw_keys, read_raw
+from data_acq.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+STAGING = "staging/"
+CURATED = "curated/"
+INDEX = f"{STAGING}index/"
+STAGED_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects")
+
+# Cumulative counters whose daily increase is energy (or run time); see energy_daily.
+COUNTER_FIELDS = (
+    "E",
+    "E_exported",
+    "E_imported",
+    "E_charged",
+    "E_discharged",
+    "total_yield",
+    "runtime",
+)
+READING_KEY = ("site", "time", "vid", "device", "field")
+GAP_MINUTES = 5  # a completeness gap is at least this long
+
+
+@dataclass
+class StageResult:
+    batch: str
+    raw_objects: int = 0
+    messages: int = 0
+    accepted: int = 0
+    rejects: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    dates: set[date] = field(default_factory=set)
+
+
+@dataclass
+class DateResult:
+    day: date
+    rows: dict[str, int] = field(default_factory=dict)
+    duplicates_removed: int = 0
+    sites: int = 0
+
+
+def _to_parquet(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
+    return [
+        pl.read_parquet(io.BytesIO(store.get(key)))
+        for key in store.list_keys(prefix)
+        if key.endswith(".parquet")
+    ]
+
+
+# --- step 1: stage ----------------------------------------------------------------------------
+
+
+def processed_raw_keys(store: ObjectStore) -> set[str]:
+    done: set[str] = set()
+    for key in store.list_keys(INDEX):
+        done.update(json.loads(store.get(key))["raw_keys"])
+    return done
+
+
+def new_raw_keys(store: ObjectStore) -> list[str]:
+    done = processed_raw_keys(store)
+    return [key for key in raw_keys(store) if key not in done]
+
+
+def stage(
+    store: ObjectStore,
+    keys: list[str],
+    chunk_size: int = 50_000,
+    progress: Callable[[str], None] | None = None,
+) -> StageResult:
+    """Flatten `keys` into per-date staging files and index them as processed."""
+    result = StageResult(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
+    result.raw_objects = len(keys)
+    for number, tables in enumerate(iter_flatten(read_raw(store, keys), chunk_size, pipeline=True)):
+        result.messages += tables.messages
+        result.accepted += tables.accepted
+        result.rejects += tables.rejects.height
+        by_table = {
+            "readings": tables.readings,
+            "device_status": tables.status,
+            "pipeline_payloads": tables.payloads,
+            # a payload rejected whole has no measurement time: it goes by its receive date
+            "rejects": tables.rejects.with_columns(
+                pl.coalesce("time", "received_at").alias("_when")
+            ),
+        }
+        for name, frame in by_table.items():
+            when = "_when" if name == "rejects" else "time"
+            frame = frame.with_columns(pl.col(when).dt.date().alias("_date"))
+            for (day,), part in frame.partition_by("_date", as_dict=True).items():
+                day_text = day.isoformat() if day else "unknown"
+                key = f"{STAGING}{name}/date={day_text}/{result.batch}-{number:04d}.parquet"
+                store.put(key, _to_parquet(part.drop("_date", "_when", strict=False)))
+                result.rows[name] = result.rows.get(name, 0) + part.height
+                if day:
+                    result.dates.add(day)
+        if progress:
+            progress(f"staged {result.messages} messages from {len(keys)} raw objects")
+    index = {
+        "raw_keys": keys,
+        "dates": sorted(d.isoformat() for d in result.dates),
+        "messages": result.messages,
+    }
+    store.put(f"{INDEX}{result.batch}.json", json.dumps(index, indent=1).encode())
+    return result
+
+
+# --- step 2: build a date ---------------------------------------------------------------------
+
+
+def staged_dates(store: ObjectStore) -> list[date]:
+    days = {
+        key.split("date=", 1)[1].split("/", 1)[0] for key in store.list_keys(f"{STAGING}readings/")
+    }
+    return sorted(date.fromisoformat(d) for d in days if d != "unknown")
+
+
+def _staged(store: ObjectStore, table: str, day: date) -> pl.DataFrame | None:
+    frames = _read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/")
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+def _write_by_site(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
+    for (site,), part in frame.partition_by("site", as_dict=True).items():
+        key = f"{CURATED}{table}/date={day.isoformat()}/site={site or 'unknown'}/part-0.parquet"
+        store.put(key, _to_parquet(part.drop("site")))
+
+
+def build_date(store: ObjectStore, day: date) -> DateResult:
+    """Rebuild every curated table of one measurement date from its staging files."""
+    result = DateResult(day)
+    readings = _staged(store, "readings", day)
+    if readings is not None:
+        before = readings.height
+        readings = (
+            readings.sort("received_at", nulls_last=True)
+            .unique(subset=list(READING_KEY), keep="first", maintain_order=True)
+            .sort("site", "time", "vid", "device", "field")
+        )
+        result.duplicates_removed = before - readings.height
+        result.sites = readings["site"].n_unique()
+        _write_by_site(store, "readings", day, readings)
+        result.rows["readings"] = readings.height
+        _write_aggregates(store, day, readings, result)
+    status = _staged(store, "device_status", day)
+    if status is not None:
+        status = status.unique(maintain_order=True).sort("site", "time", "vid", "device")
+        _write_by_site(store, "device_status", day, status)
+        result.rows["device_status"] = status.height
+    payloads = _staged(store, "pipeline_payloads", day)
+    if payloads is not None:
+        payloads = (
+            payloads.sort("received_at", nulls_last=True)
+            .unique(subset=["site", "time", "document"], keep="first", maintain_order=True)
+            .sort("site", "time")
+        )
+        for (site,), part in payloads.partition_by("site", as_dict=True).items():
+            key = f"{CURATED}pipeline_payloads/date={day.isoformat()}/site={site or 'unknown'}/payloads.ndjson"
+            store.put(key, ("\n".join(part["document"]) + "\n").encode())
+        result.rows["pipeline_payloads"] = payloads.height
+        completeness = completeness_daily(payloads, day)
+        store.put(
+            f"{CURATED}completeness_daily/date={day.isoformat()}/part-0.parquet",
+            _to_parquet(completeness),
+        )
+        result.rows["completeness_daily"] = completeness.height
+    rejects = _staged(store, "rejects", day)
+    if rejects is not None:
+        rejects = rejects.unique(maintain_order=True)
+        _put_dated(store, "rejects", day, rejects)
+        result.rows["rejects"] = rejects.height
+    return result
+
+
+def _write_aggregates(
+    store: ObjectStore, day: date, readings: pl.DataFrame, result: DateResult
+) -> None:
+    for name, frame in (
+        ("readings_15min", readings_15min(readings)),
+        ("energy_daily", energy_daily(readings, day)),
+    ):
+        _put_dated(store, name, day, frame)
+        result.rows[name] = frame.height
+
+
+def _put_dated(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
+    """One file per date; the date is in the folder name (hive style), not repeated inside."""
+    key = f"{CURATED}{table}/date={day.isoformat()}/part-0.parquet"
+    store.put(key, _to_parquet(frame.drop("date", strict=False)))
+
+
+# --- aggregates -------------------------------------------------------------------------------
+
+
+def readings_15min(readings: pl.DataFrame) -> pl.DataFrame:
+    """Per site, vid, device, field and quarter hour: mean, min, max, last, count."""
+    return (
+        readings.lazy()
+        .filter(pl.col("value").is_not_null())
+        .sort("time")
+        .group_by(
+            "site", "vid", "device", "field", pl.col("time").dt.truncate("15m").alias("period")
+        )
+        .agg(
+            mean=pl.col("value").mean(),
+            min=pl.col("value").min(),
+            max=pl.col("value").max(),
+            last=pl.col("value").last(),
+            count=pl.len(),
+        )
+        .sort("site", "vid", "device", "field", "period")
+        .collect()
+    )
+
+
+def energy_daily(readings: pl.DataFrame, day: date) -> pl.DataFrame:
+    """The day's increase of each cumulative counter (`E`, `total_yield`, `runtime`, ...).
+
+    Summed over consecutive readings; a step down is a reset (device replaced or counter
+    cleared) and counts as zero, so the result is never negative. The interval that crosses
+    midnight is counted on neither day.
+    """
+    return (
+        readings.lazy()
+        .filter(pl.col("field").is_in(COUNTER_FIELDS) & pl.col("value").is_not_null())
+        .sort("time")
+        .with_columns(step=pl.col("value").diff().over("site", "vid", "device", "field"))
+        .group_by("site", "vid", "field")
+        .agg(
+            energy=pl.col("step").clip(lower_bound=0).sum(),
+            resets=(pl.col("step") < 0).sum(),
+            readings=pl.len(),
+        )
+        .with_columns(date=pl.lit(day))
+        .select("site", "date", "vid", "field", "energy", "resets", "readings")
+        .sort("site", "vid", "field")
+        .collect()
+    )
+
+
+def completeness_daily(
+    payloads: pl.DataFrame, day: date, now: datetime | None = None
+) -> pl.DataFrame:
+    """Per site: payloads expected at one a minute, received, ratio, and the gaps."""
+    now = now or datetime.now(UTC)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    end = min(start + timedelta(days=1), max(now, start))
+    expected = int((end - start).total_seconds() // 60)
+    minutes = payloads.lazy().select("site", pl.col("time").dt.truncate("1m")).unique()
+    received = minutes.group_by("site").agg(received=pl.len())
+    # the day's edges as sentinels, so gaps at the start and the end of the day count too
+    edges = received.select("site").join(
+        pl.LazyFrame({"time": [start - timedelta(minutes=1), end]}, schema={"time": TIME}),
+        how="cross",
+    )
+    gaps = (
+        pl.concat([minutes, edges])
+        .sort("site", "time")
+        .with_columns(previous=pl.col("time").shift(1).over("site"))
+        .with_columns(missing=(pl.col("time") - pl.col("previous")).dt.total_minutes() - 1)
+        .filter(pl.col("missing") >= GAP_MINUTES)
+        .group_by("site")
+        .agg(gaps=pl.struct(start=pl.col("previous") + timedelta(minutes=1), minutes="missing"))
+    )
+    return (
+        received.join(gaps, on="site", how="left")
+        .with_columns(
+            date=pl.lit(day),
+            expected=pl.lit(expected, dtype=pl.Int64),
+            ratio=(pl.col("received") / max(expected, 1)).round(4),
+            largest_gap_minutes=pl.col("gaps")
+            .list.eval(pl.element().struct.field("minutes"))
+            .list.max()
+            .fill_null(0),
+        )
+        .select("site", "date", "expected", "received", "ratio", "largest_gap_minutes", "gaps")
+        .sort("site")
+        .collect()
+    )
+
+
+# --- everything -------------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessResult:
+    staged: StageResult | None
+    dates: list[DateResult]
+
+
+def process(
+    store: ObjectStore,
+    dates: Iterable[date] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProcessResult:
+    """Stage whatever raw holds that is new, then rebuild the dates it touched (or `dates`)."""
+    keys = new_raw_keys(store)
+    staged = stage(store, keys, progress=progress) if keys else None
+    todo = set(dates or ()) | (staged.dates if staged else set())
+    built = []
+    for number, day in enumerate(sorted(todo), start=1):
+        built.append(build_date(store, day))
+        if progress:
+            progress(f"built {day} ({number} of {len(todo)} dates)")
+    return ProcessResult(staged, built)

@@ -1,0 +1,86 @@
+"""The analysts' DuckDB file: one table per curated dataset, refreshed date by date.
+
+Tables, not views over Parquet paths: the file then answers SQL from any working directory and
+keeps working when copied elsewhere. Refreshing a date deletes and re-inserts that date only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from data_acq.flatten import READINGS_SCHEMA, REJECTS_SCHEMA, STATUS_SCHEMA, TIME
+from data_acq.process import CURATED
+
+WAREHOUSE_FILE = "warehouse.duckdb"
+# table -> whether its curated files are split by site (hive folder site=...)
+TABLES = {
+    "readings": True,
+    "device_status": True,
+    "readings_15min": False,
+    "energy_daily": False,
+    "completeness_daily": False,
+    "rejects": False,
+}
+
+
+_STATS = {"mean": pl.Float64, "min": pl.Float64, "max": pl.Float64, "last": pl.Float64}
+# every table exists from the first refresh on, even before it has rows
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "readings": dict(READINGS_SCHEMA),
+    "device_status": dict(STATUS_SCHEMA),
+    "readings_15min": {
+        "site": pl.String(),
+        "vid": pl.String(),
+        "device": pl.String(),
+        "field": pl.String(),
+        "period": TIME,
+        **_STATS,
+        "count": pl.UInt32(),
+    },
+    "energy_daily": {
+        "site": pl.String(),
+        "vid": pl.String(),
+        "field": pl.String(),
+        "energy": pl.Float64(),
+        "resets": pl.UInt32(),
+        "readings": pl.UInt32(),
+    },
+    "completeness_daily": {
+        "site": pl.String(),
+        "expected": pl.Int64(),
+        "received": pl.UInt32(),
+        "ratio": pl.Float64(),
+        "largest_gap_minutes": pl.Int64(),
+        "gaps": pl.List(pl.Struct({"start": TIME, "minutes": pl.Int64()})),
+    },
+    "rejects": dict(REJECTS_SCHEMA),
+}
+
+
+def refresh_warehouse(root: Path, dates: Iterable[date]) -> Path:
+    """Bring `root/warehouse.duckdb` up to date for `dates` from `root/curated/`."""
+    path = root / WAREHOUSE_FILE
+    days = sorted(set(dates))
+    with duckdb.connect(str(path)) as con:
+        for table, schema in SCHEMAS.items():
+            empty = pl.DataFrame(schema={**schema, "date": pl.Date()})  # noqa: F841 - read by name
+            con.execute(f'create table if not exists "{table}" as select * from empty')
+        for table, by_site in TABLES.items():
+            for day in days:
+                folder = root / CURATED / table / f"date={day.isoformat()}"
+                files = sorted(folder.glob("site=*/*.parquet" if by_site else "*.parquet"))
+                con.execute(f'delete from "{table}" where date = ?', [day])
+                if not files:
+                    continue
+                hive_types = "{'date': DATE, 'site': VARCHAR}" if by_site else "{'date': DATE}"
+                source = (
+                    "select * from read_parquet(?, hive_partitioning = true, "
+                    f"hive_types = {hive_types}, union_by_name = true)"
+                )
+                con.execute(f'insert into "{table}" by name {source}', [[str(f) for f in files]])
+    return path

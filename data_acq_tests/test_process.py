@@ -1,0 +1,214 @@
+"""Processing on real parts: simulated sites through Mosquitto and the drain into the warehouse,
+checked against counts computed independently from what was sent."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from data_acq.local_broker import LocalMosquitto
+from data_acq.messages import encode_record
+from data_acq.process import COUNTER_FIELDS, CURATED, completeness_daily, energy_daily, process
+from data_acq.raw import encode_object, raw_key
+from data_acq.settings import BrokerSettings
+from data_acq.simulate import SimulationSpec, simulate
+from data_acq.storage import LocalStore, ObjectStore, S3Store
+from data_acq.warehouse import refresh_warehouse
+from data_acq_tests.conftest import MotoS3
+from data_acq_tests.drain_helpers import publish_in_background, start_drain
+
+Sent = list[tuple[str, bytes]]
+
+
+def _expected(sent: Sent) -> tuple[set, set, dict]:
+    """Readings and status keys, and counter increases per (site, date, vid, field), by json."""
+    readings: set[tuple] = set()
+    status: set[tuple] = set()
+    counters: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for topic, body in sent:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(payload, dict) or not isinstance(payload.get("r"), list):
+            continue
+        t, site = payload.get("t"), topic.split("/")[1]
+        if not isinstance(t, int) or isinstance(t, bool):
+            continue
+        for r in payload["r"]:
+            if not isinstance(r, dict) or not isinstance(r.get("_vid"), str):
+                continue
+            for k, v in r.items():
+                if k.startswith("_") or v is None:
+                    continue
+                readings.add((site, t, r["_vid"], r.get("_d"), k))
+                if k in COUNTER_FIELDS:
+                    counters[(site, r["_vid"], r.get("_d"), k)][t] = v
+            for s in r.get("_s", []):
+                status.add((site, t, r["_vid"], r.get("_d"), s["c"], s["l"]))
+    energy: dict[tuple, float] = defaultdict(float)
+    for (site, vid, _device, field), series in counters.items():
+        times = sorted(series)
+        for before, after in itertools.pairwise(times):
+            day_before = datetime.fromtimestamp(before, UTC).date()
+            day = datetime.fromtimestamp(after, UTC).date()
+            energy[(site, day, vid, field)] += 0.0
+            if day == day_before:
+                energy[(site, day, vid, field)] += max(series[after] - series[before], 0)
+    return readings, status, energy
+
+
+def _messages() -> Sent:
+    """Three sites over two days with duplicates, malformed messages, and an outage whose
+    backlog arrives hours late."""
+    spec = SimulationSpec(
+        sites=4,
+        start=datetime(2024, 10, 12, 20, tzinfo=UTC),
+        minutes=8 * 60,
+        seed=12,
+        duplicate_rate=0.02,
+        outage_minutes=150,
+        malformed_rate=0.01,
+    )
+    return list(simulate(spec))
+
+
+def _warehouse_counts(path: Path) -> dict[str, int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {
+            table: con.execute(f"select count(*) from {table}").fetchone()[0]  # type: ignore[index]
+            for table in ("readings", "device_status")
+        }
+
+
+def test_mosquitto_drain_process_warehouse_is_exact(tmp_path: Path) -> None:
+    sent = _messages()
+    store = LocalStore(tmp_path / "store")
+    with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
+        settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="drain-process")
+        drain = start_drain(settings, store, idle_exit_s=2)
+        publish_in_background(broker.port, sent, rate=3000).join(60)
+        drain.join()
+    result = process(store)
+    assert result.staged is not None and result.staged.messages >= len(sent)
+    warehouse = refresh_warehouse(store.root, [d.day for d in result.dates])
+    readings, status, energy = _expected(sent)
+    assert status  # the simulated sites include gensets with status readings
+    assert _warehouse_counts(warehouse) == {"readings": len(readings), "device_status": len(status)}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        got = {
+            (site, day, vid, field): value
+            for site, day, vid, field, value in con.execute(
+                "select site, date, vid, field, energy from energy_daily"
+            ).fetchall()
+        }
+        assert con.execute("select count(*) from rejects").fetchone()[0] > 0  # type: ignore[index]
+    assert got.keys() == energy.keys()
+    for key, value in energy.items():
+        assert abs(got[key] - value) < 1e-6, key
+    assert sum(d.duplicates_removed for d in result.dates) > 0  # duplicates were delivered
+
+
+def _put_raw(store: ObjectStore, messages: Sent, received: datetime) -> None:
+    lines = (encode_record(topic, body, received, 1) for topic, body in messages)
+    store.put_new(raw_key(received, "test"), encode_object(lines))
+
+
+def test_a_late_backlog_refreshes_exactly_its_dates(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    today = SimulationSpec(sites=2, start=datetime(2024, 10, 15, tzinfo=UTC), minutes=120, seed=3)
+    _put_raw(store, list(simulate(today)), datetime(2024, 10, 15, 2, tzinfo=UTC))
+    first = process(store)
+    assert [d.day for d in first.dates] == [date(2024, 10, 15)]
+    today_files = sorted((store.root / CURATED / "readings").rglob("*.parquet"))
+    stamps = {f: f.stat().st_mtime_ns for f in today_files}
+
+    backlog = SimulationSpec(
+        sites=2, start=datetime(2024, 10, 12, 23, tzinfo=UTC), minutes=120, seed=3
+    )
+    _put_raw(store, list(simulate(backlog)), datetime(2024, 10, 15, 2, 5, tzinfo=UTC))
+    second = process(store)
+    assert second.staged is not None
+    assert sorted(second.staged.dates) == [date(2024, 10, 12), date(2024, 10, 13)]
+    assert [d.day for d in second.dates] == [date(2024, 10, 12), date(2024, 10, 13)]
+    assert {f: f.stat().st_mtime_ns for f in today_files} == stamps  # 10-15 untouched
+    again = process(store)  # nothing new: nothing to do
+    assert again.staged is None and again.dates == []
+    rebuilt = process(store, [date(2024, 10, 15)])  # idempotent rebuild on request
+    assert rebuilt.dates[0].rows["readings"] == first.dates[0].rows["readings"]
+
+
+def test_the_same_pipeline_on_s3(moto_s3: MotoS3, tmp_path: Path) -> None:
+    client = moto_s3.client()
+    client.create_bucket(Bucket="process-bucket")  # type: ignore[attr-defined]
+    s3 = S3Store(client, "process-bucket", "acq")
+    local = LocalStore(tmp_path / "store")
+    messages = list(simulate(SimulationSpec(sites=2, minutes=90, seed=5, malformed_rate=0.02)))
+    received = datetime(2024, 10, 12, 2, tzinfo=UTC)
+    for store in (s3, local):
+        _put_raw(store, messages, received)
+    on_s3, on_disk = process(s3), process(local)
+    assert [(d.day, d.rows) for d in on_s3.dates] == [(d.day, d.rows) for d in on_disk.dates]
+    key = f"{CURATED}energy_daily/date=2024-10-12/part-0.parquet"
+    assert pl.read_parquet(io.BytesIO(s3.get(key))).equals(pl.read_parquet(local.root / key))
+    assert any(
+        k.startswith(f"{CURATED}readings/date=2024-10-12/site=") for k in s3.list_keys(CURATED)
+    )
+
+
+def _frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={
+            "site": pl.String,
+            "time": pl.Datetime("us", "UTC"),
+            "vid": pl.String,
+            "device": pl.String,
+            "field": pl.String,
+            "value": pl.Float64,
+        },
+        orient="row",
+    )
+
+
+def test_energy_counts_increases_and_treats_a_drop_as_a_reset() -> None:
+    t0 = datetime(2024, 10, 12, 10, tzinfo=UTC)
+    values = [100.0, 110.0, 5.0, 15.0, 15.0]  # replaced after the second reading
+    readings = _frame(
+        [
+            ("s", t0 + timedelta(minutes=i), "inv", "pv", "total_yield", v)
+            for i, v in enumerate(values)
+        ]
+        + [("s", t0, "inv", "pv", "P_total", 999.0)]  # not a counter
+    )
+    out = energy_daily(readings, date(2024, 10, 12))
+    assert out.select("site", "vid", "field", "energy", "resets").rows() == [
+        ("s", "inv", "total_yield", 20.0, 1)
+    ]
+
+
+def test_completeness_counts_minutes_and_lists_gaps() -> None:
+    day = date(2024, 10, 12)
+    start = datetime(2024, 10, 12, tzinfo=UTC)
+    minutes = [m for m in range(1440) if not 600 <= m < 630 and m < 1430]  # 30 min gap, 10 at end
+    payloads = pl.DataFrame(
+        {
+            "site": ["s"] * len(minutes),
+            "time": [start + timedelta(minutes=m, seconds=7) for m in minutes],
+        },
+        schema={"site": pl.String, "time": pl.Datetime("us", "UTC")},
+    )
+    row = completeness_daily(payloads, day).row(0, named=True)
+    assert (row["expected"], row["received"], row["largest_gap_minutes"]) == (1440, 1400, 30)
+    assert row["ratio"] == round(1400 / 1440, 4)
+    assert row["gaps"] == [
+        {"start": start + timedelta(minutes=600), "minutes": 30},
+        {"start": start + timedelta(minutes=1430), "minutes": 10},
+    ]
