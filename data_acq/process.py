@@ -46,6 +46,7 @@ COUNTER_FIELDS = (
 )
 READING_KEY = ("site", "time", "vid", "device", "field")
 GAP_MINUTES = 5  # a completeness gap is at least this long
+FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
 
 
 @dataclass
@@ -61,10 +62,22 @@ class StageResult:
 
 @dataclass
 class DateResult:
+    """What one date's rebuild wrote, and the figures its data-quality checks look at."""
+
     day: date
     rows: dict[str, int] = field(default_factory=dict)
     duplicates_removed: int = 0
+    duplicates_left: int = 0  # must be 0
     sites: int = 0
+    rejected_payloads: int = 0
+    completeness: dict[str, float] = field(default_factory=dict)  # site -> ratio
+    ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
+    max_lag_s: float | None = None  # longest delay from measurement to receipt
+
+    @property
+    def rejected_share(self) -> float:
+        total = self.rows.get("pipeline_payloads", 0) + self.rejected_payloads
+        return self.rejected_payloads / total if total else 0.0
 
 
 def _to_parquet(frame: pl.DataFrame) -> bytes:
@@ -172,7 +185,13 @@ def build_date(store: ObjectStore, day: date) -> DateResult:
             .sort("site", "time", "vid", "device", "field")
         )
         result.duplicates_removed = before - readings.height
+        result.duplicates_left = readings.height - readings.select(READING_KEY).n_unique()
         result.sites = readings["site"].n_unique()
+        lag = readings.select(
+            ahead=(pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
+            lag=(pl.col("received_at") - pl.col("time")).max().dt.total_seconds(),
+        ).row(0)
+        result.ahead_of_receipt, result.max_lag_s = lag[0], lag[1]
         _write_by_site(store, "readings", day, readings)
         result.rows["readings"] = readings.height
         _write_aggregates(store, day, readings, result)
@@ -198,9 +217,11 @@ def build_date(store: ObjectStore, day: date) -> DateResult:
             _to_parquet(completeness),
         )
         result.rows["completeness_daily"] = completeness.height
+        result.completeness = dict(completeness.select("site", "ratio").iter_rows())
     rejects = _staged(store, "rejects", day)
     if rejects is not None:
         rejects = rejects.unique(maintain_order=True)
+        result.rejected_payloads = rejects.filter(pl.col("time").is_null()).height
         _put_dated(store, "rejects", day, rejects)
         result.rows["rejects"] = rejects.height
     return result

@@ -6,6 +6,7 @@ keeps working when copied elsewhere. Refreshing a date deletes and re-inserts th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
@@ -62,11 +63,25 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }
 
 
+def _connect(path: Path, wait_s: float = 300.0) -> duckdb.DuckDBPyConnection:
+    """A writable connection; another refresh (or an analyst's writable session) may hold the
+    file's lock for a while, so wait for it instead of failing the run."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def refresh_warehouse(root: Path, dates: Iterable[date]) -> Path:
     """Bring `root/warehouse.duckdb` up to date for `dates` from `root/curated/`."""
     path = root / WAREHOUSE_FILE
     days = sorted(set(dates))
-    with duckdb.connect(str(path)) as con:
+    root.mkdir(parents=True, exist_ok=True)
+    with _connect(path) as con:
         for table, schema in SCHEMAS.items():
             empty = pl.DataFrame(schema={**schema, "date": pl.Date()})  # noqa: F841 - read by name
             con.execute(f'create table if not exists "{table}" as select * from empty')

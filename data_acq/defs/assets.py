@@ -1,13 +1,30 @@
 """Assets: what data-acq produces, as the Dagster UI shows it."""
 
 import time
+from collections.abc import Iterator
+from datetime import date
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetSpec,
+    Config,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
 from pydantic import Field
 
 from data_acq.defs.resources import MQTTBroker, Storage
 from data_acq.drain import Drain, DrainLimits, DrainStats
+from data_acq.process import CURATED, DateResult, build_date, new_raw_keys, stage
 from data_acq.raw import RAW_PREFIX
+from data_acq.storage import LocalStore, ObjectStore
+from data_acq.warehouse import refresh_warehouse
 
 PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()
@@ -75,3 +92,157 @@ def raw_messages(
     if stats.keys:
         metadata["last_object"] = MetadataValue.path(store.url(stats.keys[-1]))
     return MaterializeResult(metadata=metadata)
+
+
+daily = DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
+CURATED_ASSETS = {
+    "readings": "Tidy readings (site, time, vid, device, field, value, value_text, received_at), "
+    "de-duplicated on site, time, vid, device and field; Parquet in curated/readings/date=/site=/.",
+    "device_status": "The `_s` status readings (site, time, vid, device, content, level).",
+    "pipeline_payloads": "Each accepted payload in the pipeline format, NDJSON per date and site.",
+    "rejects": "Every payload, reading or value that could not be used: reason, path, and the raw "
+    "object and line it came from.",
+    "readings_15min": "Per site, vid, device, field and quarter hour: mean, min, max, last, count.",
+    "energy_daily": "The day's increase of each cumulative counter (E, E_exported, total_yield, "
+    "runtime ...); a step down is a reset and counts as zero.",
+    "completeness_daily": "Per site: payloads expected at one a minute, received, ratio, gaps.",
+}
+MAX_REJECTED_SHARE = 0.01
+MIN_COMPLETENESS = 0.95
+
+
+@asset(
+    group_name="processing",
+    deps=[raw_messages],
+    kinds={"polars"},
+    description=(
+        "Raw objects not processed yet, flattened and filed by measurement date under staging/. "
+        "Its metadata lists the dates touched; the curation sensor refreshes exactly those."
+    ),
+)
+def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+    store = storage.store()
+    keys = new_raw_keys(store)
+    result = stage(store, keys, progress=context.log.info) if keys else None
+    dates = sorted(d.isoformat() for d in result.dates) if result else []
+    context.log.info(f"staged {len(keys)} raw objects; dates touched: {', '.join(dates) or 'none'}")
+    return MaterializeResult(
+        metadata={
+            "raw_objects": len(keys),
+            "messages": result.messages if result else 0,
+            "accepted": result.accepted if result else 0,
+            "rejects": result.rejects if result else 0,
+            "dates": MetadataValue.json(dates),
+        }
+    )
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            name, description=text, deps=[staged_raw], group_name="processing", kinds={"parquet"}
+        )
+        for name, text in CURATED_ASSETS.items()
+    ]
+    + [
+        AssetSpec(
+            "warehouse",
+            deps=list(CURATED_ASSETS),
+            group_name="processing",
+            kinds={"duckdb"},
+            description="DuckDB file <storage>/warehouse.duckdb with one table per curated dataset "
+            "(local storage; see docs/analysts.md).",
+        )
+    ],
+    partitions_def=daily,
+    check_specs=[
+        AssetCheckSpec(
+            "rejected_share",
+            asset="rejects",
+            description=f"At most {MAX_REJECTED_SHARE:.0%} of payloads rejected",
+        ),
+        AssetCheckSpec(
+            "duplicates_removed",
+            asset="readings",
+            description="Redelivered readings were removed, and none remain",
+        ),
+        AssetCheckSpec(
+            "completeness",
+            asset="completeness_daily",
+            description=f"Every site delivered at least {MIN_COMPLETENESS:.0%} of its minutes so far",
+        ),
+        AssetCheckSpec(
+            "clock_skew",
+            asset="readings",
+            description="No payload time is ahead of its receive time by more than 5 minutes",
+        ),
+    ],
+)
+def curated(
+    context: AssetExecutionContext, storage: Storage
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    day = date.fromisoformat(context.partition_key)
+    store = storage.store()
+    built = build_date(store, day)
+    yield from curated_results(store, built)
+    if isinstance(store, LocalStore):
+        path = refresh_warehouse(store.root, [day])
+        yield MaterializeResult(
+            asset_key="warehouse", metadata={"path": MetadataValue.path(str(path))}
+        )
+    else:
+        context.log.warning("warehouse: built for local storage only (see docs/analysts.md for S3)")
+        yield MaterializeResult(asset_key="warehouse", metadata={"built": False})
+
+
+def curated_results(
+    store: ObjectStore, built: DateResult
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """One materialization per curated asset of the date, and the date's data-quality checks."""
+    day = built.day.isoformat()
+    for name in CURATED_ASSETS:
+        metadata: dict[str, object] = {
+            "rows": built.rows.get(name, 0),
+            "location": MetadataValue.path(store.url(f"{CURATED}{name}/date={day}/")),
+        }
+        if name == "readings":
+            metadata |= {"sites": built.sites, "duplicates_removed": built.duplicates_removed}
+        yield MaterializeResult(asset_key=name, metadata=metadata)
+    yield AssetCheckResult(
+        check_name="rejected_share",
+        asset_key="rejects",
+        passed=built.rejected_share <= MAX_REJECTED_SHARE,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "rejected_payloads": built.rejected_payloads,
+            "share": round(built.rejected_share, 5),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="duplicates_removed",
+        asset_key="readings",
+        passed=built.duplicates_left == 0,
+        metadata={"removed": built.duplicates_removed, "left": built.duplicates_left},
+    )
+    worst = sorted(built.completeness.items(), key=lambda item: item[1])
+    yield AssetCheckResult(
+        check_name="completeness",
+        asset_key="completeness_daily",
+        passed=all(ratio >= MIN_COMPLETENESS for _, ratio in worst),
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "sites": len(worst),
+            "below_target": sum(ratio < MIN_COMPLETENESS for _, ratio in worst),
+            "worst_sites": MetadataValue.json(dict(worst[:10])),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="clock_skew",
+        asset_key="readings",
+        passed=built.ahead_of_receipt == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "readings_ahead_of_receipt": built.ahead_of_receipt,
+            "max_lag_s": round(built.max_lag_s, 1) if built.max_lag_s is not None else "none",
+        },
+    )

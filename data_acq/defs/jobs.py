@@ -1,9 +1,9 @@
 """Jobs for operators."""
 
-from dagster import OpExecutionContext, Output, define_asset_job, job, op
+from dagster import AssetSelection, OpExecutionContext, Output, define_asset_job, job, op
 
 from data_acq.broker import connect, make_client
-from data_acq.defs.assets import raw_messages
+from data_acq.defs.assets import curated, raw_messages, staged_raw
 from data_acq.defs.resources import MQTTBroker
 
 
@@ -40,4 +40,17 @@ drain_job = define_asset_job(
         "stored. Started and restarted by the drain sensor, one run per subscription."
     ),
     tags={"data_acq/kind": "drain"},
+)
+
+
+stage_job = define_asset_job(
+    "stage_raw",
+    selection=[staged_raw],
+    description="File raw objects not processed yet under their measurement dates.",
+)
+
+curate_job = define_asset_job(
+    "curate_date",
+    selection=AssetSelection.assets(curated),
+    description="Rebuild one measurement date: curated tables, aggregates, checks, warehouse.",
 )

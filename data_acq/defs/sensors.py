@@ -4,18 +4,24 @@ import json
 import time
 
 from dagster import (
+    AssetKey,
     DagsterRunStatus,
     DefaultSensorStatus,
+    EventLogEntry,
     RunRequest,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    asset_sensor,
     sensor,
 )
 
-from data_acq.defs.jobs import drain_job
+from data_acq.defs.assets import daily
+from data_acq.defs.jobs import curate_job, drain_job, stage_job
+from data_acq.defs.resources import Storage
+from data_acq.process import new_raw_keys
 from data_acq.settings import Subscription
 
 SUBSCRIPTION_TAG = "data_acq/subscription"
@@ -113,3 +119,49 @@ def build_drain_sensor(
         )
 
     return drain_sensor
+
+
+@sensor(
+    job=stage_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Stages raw objects as they arrive: requests a stage_raw run when raw storage "
+    "holds objects not processed yet and no stage_raw run is active.",
+)
+def new_raw_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
+    active = context.instance.get_runs(
+        filters=RunsFilter(job_name=stage_job.name, statuses=ACTIVE), limit=1
+    )
+    if active:
+        return SensorResult(skip_reason=SkipReason(f"stage_raw run {active[0].run_id[:8]} active"))
+    keys = new_raw_keys(storage.store())
+    if not keys:
+        return SensorResult(skip_reason=SkipReason("no new raw objects"))
+    return SensorResult(run_requests=[RunRequest(run_key=f"stage-through-{keys[-1]}")])
+
+
+@asset_sensor(
+    asset_key=AssetKey("staged_raw"),
+    job=curate_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Late and new data: after each staging, refreshes exactly the measurement dates "
+    "it touched (one curate_date run per date).",
+)
+def curation_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> SensorResult:
+    materialization = asset_event.asset_materialization
+    dates_entry = materialization.metadata.get("dates") if materialization else None
+    dates: list[str] = list(dates_entry.value) if dates_entry else []  # type: ignore[arg-type]
+    valid = set(daily.get_partition_keys())
+    requests = [
+        RunRequest(run_key=f"curate-{asset_event.run_id}-{day}", partition_key=day)
+        for day in dates
+        if day in valid
+    ]
+    outside = sorted(set(dates) - valid)
+    if outside:
+        context.log.warning(f"dates outside the partitions, not refreshed: {', '.join(outside)}")
+    return SensorResult(
+        run_requests=requests,
+        skip_reason=None if requests else SkipReason("the staging touched no date"),
+    )
