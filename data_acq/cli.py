@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the main job on a private local broker")
     de.add_argument("--sites", type=int, default=5)
-    de.add_argument("--hours", type=float, default=6.0)
+    de.add_argument("--hours", type=float, default=48.0)
     de.add_argument("--seed", type=int, default=42)
     de.add_argument("--output", default="data/demo", help="folder for the demo's outputs")
     de.set_defaults(func=cmd_demo)

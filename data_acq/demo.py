@@ -1,115 +1,148 @@
-"""The main job on local, embedded defaults: a private broker, simulated sites, acquisition.
+"""The main job on local, embedded defaults: a private broker, simulated sites, the whole pipeline.
 
-At this stage of the project it shows the Foundation end to end: payloads published with QoS 1
-to a private Mosquitto, received by the same subscriber `data-acq listen` uses, and turned into
-the pipeline format and tidy Parquet tables.
+Simulated loggers publish with QoS 1 to a private Mosquitto -- duplicates, malformed messages and
+an outage whose backlog arrives late included; the drain stores everything in raw; processing
+turns raw into curated tables and the DuckDB warehouse; a short report closes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import tempfile
-import threading
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
+import duckdb
 import polars as pl
 
-from data_acq.broker import publish_all, run_subscriber
-from data_acq.contract import Rejection, parse_payload
-from data_acq.flatten import flatten
+from data_acq.broker import publish_all
+from data_acq.drain import Drain, DrainLimits
 from data_acq.local_broker import LocalMosquitto
-from data_acq.messages import Message
-from data_acq.pipeline_format import to_pipeline
+from data_acq.process import process
 from data_acq.settings import BrokerSettings
 from data_acq.simulate import SimulationSpec, simulate
+from data_acq.storage import LocalStore
+from data_acq.warehouse import WAREHOUSE_FILE, refresh_warehouse
 
 log = logging.getLogger(__name__)
 
+# A production-sized queue: Mosquitto's default (1000) drops messages during a fast publish.
+BROKER_CONFIG = ("max_queued_messages 1000000", "max_inflight_messages 1000")
 
-def run_demo(output: Path, sites: int = 5, hours: float = 6.0, seed: int = 42) -> None:
-    output.mkdir(parents=True, exist_ok=True)
+
+def run_demo(output: Path, sites: int = 5, hours: float = 48.0, seed: int = 42) -> None:
+    if output.exists():
+        log.info("removing the previous demo output in %s", output)
+        shutil.rmtree(output)
+    store = LocalStore(output)
     spec = SimulationSpec(
-        sites=sites, minutes=int(hours * 60), seed=seed, outage_minutes=60, malformed_rate=0.002
+        sites=sites,
+        start=datetime(2024, 10, 12, tzinfo=UTC),
+        minutes=int(hours * 60),
+        seed=seed,
+        duplicate_rate=0.005,
+        outage_minutes=6 * 60,
+        malformed_rate=0.002,
     )
-    sent = list(simulate(spec))
-    received: list[Message] = []
-    lock = threading.Lock()
-
-    def on_message(message: mqtt.MQTTMessage) -> None:
-        with lock:
-            received.append(Message(message.topic, bytes(message.payload), len(received) + 1))
-
-    # Mosquitto drops QoS 1 messages past 1000 queued for a slow subscriber by default; the
-    # demo's broker is sized like production (docs/operations.md once the drain lands).
+    messages = list(simulate(spec))
+    log.info(
+        "simulated %d messages from %d sites over %.0f h (site %s offline for 6 h, sending its "
+        "backlog late)",
+        len(messages),
+        sites,
+        hours,
+        messages[0][0].split("/")[1],
+    )
     with (
         tempfile.TemporaryDirectory(prefix="data-acq-demo-") as tmp,
-        LocalMosquitto(Path(tmp), extra=("max_queued_messages 0",)) as mq,
+        LocalMosquitto(Path(tmp), extra=BROKER_CONFIG) as broker,
     ):
-        broker = BrokerSettings(host="127.0.0.1", port=mq.port, client_id="data-acq-demo")
-        log.info("private Mosquitto (pid %s) listening on 127.0.0.1:%d", mq.process.pid, mq.port)
-        stop = threading.Event()
-        subscriber = threading.Thread(
-            target=run_subscriber, args=(broker, None, on_message, stop), daemon=True
+        log.info("private Mosquitto (pid %s) on 127.0.0.1:%d", broker.process.pid, broker.port)  # type: ignore[union-attr]
+        drain_settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="demo-drain")
+        drain = Drain(drain_settings, None, store, DrainLimits(idle_exit_s=3.0))
+        # the drain's first connection creates its persistent session; what is published while
+        # it is away is queued for it, as for a drain run started by the sensor
+        Drain(drain_settings, None, store, DrainLimits(idle_exit_s=0.2)).run()
+        publisher = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="demo-loggers")
+        publish_all(
+            publisher,
+            None,
+            iter(messages),
+            on_progress=lambda n: log.info("published %d", n) if n % 5000 == 0 else None,
         )
-        subscriber.start()
-        time.sleep(0.5)  # let the subscription settle before publishing
-        publisher = BrokerSettings(host="127.0.0.1", port=mq.port, client_id="data-acq-demo-sim")
-        log.info("publishing %d simulated messages from %d sites (QoS 1)", len(sent), sites)
-        publish_all(publisher, None, iter(sent), on_progress=lambda n: log.info("published %d", n))
-        _wait_until_quiet(received, len(sent))
-        stop.set()
-        subscriber.join(timeout=10)
-    log.info("received %d of %d messages", len(received), len(sent))
-
-    pipeline_path = output / "pipeline.ndjson"
-    with pipeline_path.open("w") as out:
-        for message in received:
-            parsed = parse_payload(message.payload)
-            if not isinstance(parsed, Rejection):
-                out.write(json.dumps(to_pipeline(parsed), separators=(",", ":")) + "\n")
-    tables = flatten(received)
-    tables.readings.write_parquet(output / "readings.parquet")
-    tables.status.write_parquet(output / "status.parquet")
-    tables.rejects.write_parquet(output / "rejects.parquet")
-    _print_report(tables, len(sent), len(received), output, pipeline_path)
+        log.info("published %d messages with QoS 1; draining", len(messages))
+        stats = drain.run()
+    log.info(
+        "drained %d messages into %d raw objects, %d acknowledged",
+        stats.stored,
+        stats.objects,
+        stats.acknowledged,
+    )
+    result = process(store, progress=log.info)
+    warehouse = refresh_warehouse(output, [d.day for d in result.dates])
+    _report(warehouse, len(messages), stats.stored, output)
 
 
-def _wait_until_quiet(received: list[Message], expected: int, quiet_s: float = 5.0) -> None:
-    """Until everything arrived, or nothing more arrived for `quiet_s` seconds."""
-    count, last_change = len(received), time.monotonic()
-    while len(received) < expected and time.monotonic() - last_change < quiet_s:
-        time.sleep(0.1)
-        if len(received) != count:
-            count, last_change = len(received), time.monotonic()
+def _report(warehouse: Path, published: int, stored: int, output: Path) -> None:
+    with (
+        duckdb.connect(str(warehouse), read_only=True) as con,
+        pl.Config(
+            tbl_rows=40,
+            tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True,
+            fmt_str_lengths=70,
+            tbl_width_chars=140,
+        ),
+    ):
 
+        def table(sql: str) -> pl.DataFrame:
+            return con.sql(sql).pl()
 
-def _print_report(tables, sent: int, received: int, output: Path, pipeline_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with pl.Config(tbl_rows=20, tbl_hide_dataframe_shape=True, tbl_width_chars=120):
-        print(f"\nmessages: {sent} published, {received} received")
-        print(f"payloads: {tables.accepted} accepted, {tables.rejected_payloads} rejected")
-        first = pipeline_path.read_text().split("\n", 1)[0]
+        print(f"\nmessages: {published} published, {stored} stored in raw (redeliveries included)")
+        print("\nenergy per site and day (kWh; PV yield and grid export):")
         print(
-            f"\nfirst payload in the pipeline format:\n{first[:400]}{'...' if len(first) > 400 else ''}"
-        )
-        print("\nreadings per site:")
-        print(
-            tables.readings.group_by("site")
-            .agg(
-                payloads=pl.col("time").n_unique(),
-                readings=pl.len(),
-                first=pl.col("time").min(),
-                last=pl.col("time").max(),
+            table(
+                """select site, date,
+                     round(sum(energy) filter (where field = 'total_yield') / 1000, 1) as pv_kwh,
+                     round(sum(energy) filter (where field = 'E_exported') / 1000, 1) as export_kwh,
+                     sum(resets) as counter_resets
+                   from energy_daily group by site, date order by site, date"""
             )
-            .sort("site")
         )
-        if tables.status.height:
-            alarms = tables.status.filter(pl.col("level") > 0)
-            print(f"\nstatus readings: {tables.status.height}, alarms (level > 0): {alarms.height}")
-        print("\nrejects by reason:")
-        print(tables.rejects.group_by("reason").len().sort("len", descending=True))
+        print("\ncompleteness (payloads received of one a minute):")
+        print(
+            table(
+                """select site, date, received, expected, ratio, largest_gap_minutes
+                   from completeness_daily order by site, date"""
+            )
+        )
+        print("\nalarms (device status level > 0):")
+        print(
+            table(
+                """select site, device, content, level, count(*) as minutes,
+                     min(time) as first, max(time) as last
+                   from device_status where level > 0 group by all order by site, first"""
+            )
+        )
+        print("\nrejects:")
+        print(
+            table(
+                "select reason, count(*) as count from rejects group by reason order by count desc"
+            )
+        )
+        counts = table(
+            """select (select count(*) from readings) as readings,
+                      (select count(*) from device_status) as status_readings,
+                      (select count(distinct site) from readings) as sites"""
+        )
+        print(
+            f"\n{counts.row(0)[0]} readings and {counts.row(0)[1]} status readings from {counts.row(0)[2]} sites"
+        )
     print(
-        f"\noutputs in {output}/: pipeline.ndjson, readings.parquet, status.parquet, rejects.parquet"
+        f"\noutputs under {output}/:\n"
+        f"  raw/        exactly what was received (gzip NDJSON by receive date and hour)\n"
+        f"  curated/    readings, device_status, pipeline_payloads, rejects, readings_15min,\n"
+        f"              energy_daily, completeness_daily (by measurement date)\n"
+        f"  {WAREHOUSE_FILE}  tables for SQL: duckdb {warehouse}"
     )

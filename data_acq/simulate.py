@@ -125,7 +125,7 @@ def _payload(site: _Site, t: int, minute: int, rng: random.Random) -> dict[str, 
             inverter["dc_in_P2"] = int(p * 0.48)
             inverter["temp_heatsink"] = round(25 + 30 * sun + rng.uniform(-1, 1), 1)
         readings.append(inverter)
-    site.exported += total_p / 60
+    site.exported += total_p * 0.85 / 60  # the rest is used on site
     readings.append(
         {
             "_d": "power_meter",
