@@ -247,6 +247,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.output), sites=args.sites, hours=args.hours, seed=args.seed)
 
 
+def cmd_ui(args: argparse.Namespace) -> None:
+    from data_acq.ui import run_ui
+
+    code = run_ui(
+        Path(args.folder), sites=args.sites, hours=args.hours, speed=args.speed, port=args.port
+    )
+    if code:
+        raise CommandError(f"dagster dev exited with code {code}")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -305,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seed", type=int, default=42)
     de.add_argument("--output", default="data/demo", help="folder for the demo's outputs")
     de.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser("ui", help="the Dagster UI on local data, with loggers publishing live")
+    ui.add_argument(
+        "--folder", default="data/ui", help="broker state, storage and Dagster instance"
+    )
+    ui.add_argument("--sites", type=int, default=5)
+    ui.add_argument("--hours", type=float, default=24.0, help="hours of history to publish")
+    ui.add_argument("--speed", type=float, default=2.0, help="simulated minutes per second")
+    ui.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

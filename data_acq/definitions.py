@@ -5,7 +5,7 @@ from dagster import Definitions
 from data_acq.defs.assets import curated, raw_messages, staged_raw
 from data_acq.defs.jobs import broker_check, curate_job, drain_job, stage_job
 from data_acq.defs.resources import build_resources
-from data_acq.defs.sensors import build_drain_sensor, curation_sensor, new_raw_sensor
+from data_acq.defs.sensors import build_drain_sensor, build_processing_sensors
 from data_acq.settings import Settings
 
 settings = Settings.from_env()
@@ -14,9 +14,10 @@ defs = Definitions(
     assets=[raw_messages, staged_raw, curated],
     jobs=[broker_check, drain_job, stage_job, curate_job],
     sensors=[
-        build_drain_sensor(settings.subscriptions, settings.drain_window_s),
-        new_raw_sensor,
-        curation_sensor,
+        build_drain_sensor(
+            settings.subscriptions, settings.drain_window_s, settings.sensors_running
+        ),
+        *build_processing_sensors(settings.sensors_running),
     ],
     resources=build_resources(settings),
 )

@@ -71,6 +71,7 @@ class Settings:
     cache_dir: Path = Path.home() / ".cache" / "data-acq"
     subscriptions: tuple[Subscription, ...] = ()
     drain_window_s: float = 600.0
+    sensors_running: bool = False  # whether Dagster's sensors start switched on
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -128,6 +129,7 @@ class Settings:
             storage=get("DATA_ACQ_STORAGE") or "data",
             subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker),
             drain_window_s=window,
+            sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
 

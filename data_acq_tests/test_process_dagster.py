@@ -11,7 +11,7 @@ from dagster import Definitions, SensorResult, build_sensor_context, instance_fo
 from data_acq.defs.assets import curated, raw_messages, staged_raw
 from data_acq.defs.jobs import curate_job, stage_job
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
-from data_acq.defs.sensors import curation_sensor, new_raw_sensor
+from data_acq.defs.sensors import build_processing_sensors
 from data_acq.messages import encode_record
 from data_acq.raw import encode_object, raw_key
 from data_acq.simulate import SimulationSpec, simulate
@@ -24,6 +24,7 @@ def _put_raw(store: LocalStore, spec: SimulationSpec, received: datetime) -> Non
 
 
 def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> None:
+    new_raw_sensor, curation_sensor = build_processing_sensors()
     store = LocalStore(tmp_path / "store")
     storage = LocalStorage(root=str(store.root))
     defs = Definitions(

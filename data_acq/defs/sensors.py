@@ -52,13 +52,17 @@ def _consecutive_failures(statuses: list[DagsterRunStatus]) -> int:
     return count
 
 
+def _status(running: bool) -> DefaultSensorStatus:
+    return DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED
+
+
 def build_drain_sensor(
-    subscriptions: tuple[Subscription, ...], window_s: float = 600.0
+    subscriptions: tuple[Subscription, ...], window_s: float = 600.0, running: bool = False
 ) -> SensorDefinition:
     @sensor(
         job=drain_job,
         minimum_interval_seconds=15,
-        default_status=DefaultSensorStatus.STOPPED,
+        default_status=_status(running),
         description=(
             "Keeps one drain run active per subscription: requests a run when none is queued or "
             "running, never a second one, and backs off after repeated failures (30 s doubling "
@@ -121,47 +125,57 @@ def build_drain_sensor(
     return drain_sensor
 
 
-@sensor(
-    job=stage_job,
-    minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.STOPPED,
-    description="Stages raw objects as they arrive: requests a stage_raw run when raw storage "
-    "holds objects not processed yet and no stage_raw run is active.",
-)
-def new_raw_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
-    active = context.instance.get_runs(
-        filters=RunsFilter(job_name=stage_job.name, statuses=ACTIVE), limit=1
-    )
-    if active:
-        return SensorResult(skip_reason=SkipReason(f"stage_raw run {active[0].run_id[:8]} active"))
-    keys = new_raw_keys(storage.store())
-    if not keys:
-        return SensorResult(skip_reason=SkipReason("no new raw objects"))
-    return SensorResult(run_requests=[RunRequest(run_key=f"stage-through-{keys[-1]}")])
+def build_processing_sensors(running: bool = False) -> list[SensorDefinition]:
+    """The sensors that stage new raw objects and refresh the dates they touched."""
 
-
-@asset_sensor(
-    asset_key=AssetKey("staged_raw"),
-    job=curate_job,
-    minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.STOPPED,
-    description="Late and new data: after each staging, refreshes exactly the measurement dates "
-    "it touched (one curate_date run per date).",
-)
-def curation_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> SensorResult:
-    materialization = asset_event.asset_materialization
-    dates_entry = materialization.metadata.get("dates") if materialization else None
-    dates: list[str] = list(dates_entry.value) if dates_entry else []  # type: ignore[arg-type]
-    valid = set(daily.get_partition_keys())
-    requests = [
-        RunRequest(run_key=f"curate-{asset_event.run_id}-{day}", partition_key=day)
-        for day in dates
-        if day in valid
-    ]
-    outside = sorted(set(dates) - valid)
-    if outside:
-        context.log.warning(f"dates outside the partitions, not refreshed: {', '.join(outside)}")
-    return SensorResult(
-        run_requests=requests,
-        skip_reason=None if requests else SkipReason("the staging touched no date"),
+    @sensor(
+        job=stage_job,
+        minimum_interval_seconds=60,
+        default_status=_status(running),
+        description="Stages raw objects as they arrive: requests a stage_raw run when raw storage "
+        "holds objects not processed yet and no stage_raw run is active.",
     )
+    def new_raw_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
+        active = context.instance.get_runs(
+            filters=RunsFilter(job_name=stage_job.name, statuses=ACTIVE), limit=1
+        )
+        if active:
+            return SensorResult(
+                skip_reason=SkipReason(f"stage_raw run {active[0].run_id[:8]} active")
+            )
+        keys = new_raw_keys(storage.store())
+        if not keys:
+            return SensorResult(skip_reason=SkipReason("no new raw objects"))
+        return SensorResult(run_requests=[RunRequest(run_key=f"stage-through-{keys[-1]}")])
+
+    @asset_sensor(
+        asset_key=AssetKey("staged_raw"),
+        job=curate_job,
+        minimum_interval_seconds=30,
+        default_status=_status(running),
+        description="Late and new data: after each staging, refreshes exactly the measurement dates "
+        "it touched (one curate_date run per date).",
+    )
+    def curation_sensor(
+        context: SensorEvaluationContext, asset_event: EventLogEntry
+    ) -> SensorResult:
+        materialization = asset_event.asset_materialization
+        dates_entry = materialization.metadata.get("dates") if materialization else None
+        dates: list[str] = list(dates_entry.value) if dates_entry else []  # type: ignore[arg-type]
+        valid = set(daily.get_partition_keys())
+        requests = [
+            RunRequest(run_key=f"curate-{asset_event.run_id}-{day}", partition_key=day)
+            for day in dates
+            if day in valid
+        ]
+        outside = sorted(set(dates) - valid)
+        if outside:
+            context.log.warning(
+                f"dates outside the partitions, not refreshed: {', '.join(outside)}"
+            )
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else SkipReason("the staging touched no date"),
+        )
+
+    return [new_raw_sensor, curation_sensor]
