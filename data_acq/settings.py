@@ -97,14 +97,7 @@ class Settings:
         protocol = get("MQTT_PROTOCOL") or "5"
         if protocol not in ("5", "3.1.1"):
             raise SettingsError(f"MQTT_PROTOCOL must be 5 or 3.1.1, got {protocol!r}")
-        topics = tuple(
-            t.strip() for t in (get("MQTT_TOPIC") or DEFAULT_TOPIC).split(",") if t.strip()
-        )
-        for topic in topics:
-            if any(topic_matches_sub(topic, f"a/node/d/{leaf}") for leaf in ("config", "command")):
-                raise SettingsError(
-                    f"MQTT_TOPIC {topic!r} would consume downstream (cloud-to-logger) topics"
-                )
+        topics = _topics(get("MQTT_TOPIC") or DEFAULT_TOPIC, "MQTT_TOPIC")
         broker = BrokerSettings(
             host=get("MQTT_BROKER") or "localhost",
             port=port,
@@ -117,6 +110,12 @@ class Settings:
             **({"client_id": cid} if (cid := get("MQTT_CLIENT_ID")) else {}),
         )
         cache = get("DATA_ACQ_CACHE")
+        workers_text = get("DATA_ACQ_DRAIN_WORKERS") or "1"
+        if not workers_text.isdigit() or not 1 <= int(workers_text) <= 64:
+            raise SettingsError(
+                f"DATA_ACQ_DRAIN_WORKERS must be a whole number from 1 to 64, got {workers_text!r}"
+            )
+        workers = int(workers_text)
         window_text = get("DATA_ACQ_DRAIN_WINDOW") or "600"
         try:
             window = float(window_text)
@@ -127,11 +126,21 @@ class Settings:
         return cls(
             broker=broker,
             storage=get("DATA_ACQ_STORAGE") or "data",
-            subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker),
+            subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker, workers),
             drain_window_s=window,
             sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
+
+
+SHARE_GROUP = "data-acq"
+
+
+def _unshared(topic: str) -> str:
+    """`a/+/u/data` for `$share/<group>/a/+/u/data`."""
+    return (
+        topic.split("/", 2)[2] if topic.startswith("$share/") and topic.count("/") >= 2 else topic
+    )
 
 
 def _topics(text: str, variable: str) -> tuple[str, ...]:
@@ -139,21 +148,44 @@ def _topics(text: str, variable: str) -> tuple[str, ...]:
     if not topics:
         raise SettingsError(f"{variable} names no topic")
     for topic in topics:
-        if any(topic_matches_sub(topic, f"a/node/d/{leaf}") for leaf in ("config", "command")):
+        filter_ = _unshared(topic)
+        if any(topic_matches_sub(filter_, f"a/node/d/{leaf}") for leaf in ("config", "command")):
             raise SettingsError(
                 f"{variable} {topic!r} would consume downstream (cloud-to-logger) topics"
             )
     return topics
 
 
-def _subscriptions(text: str | None, broker: BrokerSettings) -> tuple[Subscription, ...]:
+def _subscriptions(
+    text: str | None, broker: BrokerSettings, workers: int = 1
+) -> tuple[Subscription, ...]:
     """`name=topic,topic;name=topic`; without it, one subscription `main` over MQTT_TOPIC.
 
     Each named subscription gets the client id `<MQTT_CLIENT_ID>-<name>`, so each drain keeps
-    a persistent session of its own.
+    a persistent session of its own. With `workers` > 1 every subscription becomes that many
+    members of an MQTT v5 shared subscription (`$share/data-acq/<topic>`): the broker splits the
+    messages between them, also while they are away, so they drain in parallel.
     """
     if not text:
-        return (Subscription("main", broker.topics, broker.client_id),)
+        base: tuple[Subscription, ...] = (Subscription("main", broker.topics, broker.client_id),)
+    else:
+        base = _named_subscriptions(text, broker)
+    if workers <= 1:
+        return base
+    return tuple(
+        Subscription(
+            f"{sub.name}-{n}",
+            tuple(
+                t if t.startswith("$share/") else f"$share/{SHARE_GROUP}/{t}" for t in sub.topics
+            ),
+            f"{sub.client_id}-{n}",
+        )
+        for sub in base
+        for n in range(1, workers + 1)
+    )
+
+
+def _named_subscriptions(text: str, broker: BrokerSettings) -> tuple[Subscription, ...]:
     subscriptions = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, topics = part.partition("=")

@@ -15,7 +15,7 @@ from data_acq.broker import BrokerError
 from data_acq.drain import Drain, DrainLimits
 from data_acq.local_broker import LocalMosquitto
 from data_acq.raw import raw_keys, read_raw_object
-from data_acq.settings import BrokerSettings
+from data_acq.settings import BrokerSettings, Settings
 from data_acq.storage import LocalStore
 from data_acq_tests.drain_helpers import (
     missing,
@@ -177,3 +177,28 @@ def test_a_subscription_without_qos1_fails_the_run(tmp_path: Path) -> None:
         with pytest.raises(BrokerError, match=r"refused the QoS 1 subscription to a/\+/u/data"):
             drain.run()
     assert time.monotonic() - started < 10
+
+
+def test_parallel_workers_share_a_queue_through_a_shared_subscription(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MQTT_CLIENT_ID": "acq", "DATA_ACQ_DRAIN_WORKERS": "2"})
+    assert [(s.name, s.topics, s.client_id) for s in settings.subscriptions] == [
+        ("main-1", ("$share/data-acq/a/+/u/data",), "acq-1"),
+        ("main-2", ("$share/data-acq/a/+/u/data",), "acq-2"),
+    ]
+    sent = unique_messages(2_000)
+    store = LocalStore(tmp_path / "store")
+    with LocalMosquitto(tmp_path / "mq", extra=PRODUCTION_QUEUE) as broker:
+        members = [
+            BrokerSettings(
+                host="127.0.0.1", port=broker.port, client_id=s.client_id, topics=s.topics
+            )
+            for s in settings.subscriptions
+        ]
+        for member in members:  # create both persistent sessions, then go away
+            start_drain(member, store, idle_exit_s=0.2).join()
+        publish_in_background(broker.port, sent).join(60)  # queued, split between the two
+        drains = [start_drain(member, store, idle_exit_s=2) for member in members]
+        stats = [drain.join() for drain in drains]
+    assert missing(sent, store) == 0
+    assert sum(s.stored for s in stats) == len(sent)
+    assert all(s.stored > len(sent) / 4 for s in stats)  # both did their share

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from data_acq.settings import Settings, SettingsError
@@ -51,8 +53,15 @@ def test_tls_when_a_ca_is_configured() -> None:
         ({"MQTT_PROTOCOL": "4"}, "MQTT_PROTOCOL must be 5 or 3.1.1, got '4'"),
         ({"MQTT_TOPIC": "a/#"}, "MQTT_TOPIC 'a/#' would consume downstream"),
         ({"MQTT_TOPIC": "a/+/d/config"}, "MQTT_TOPIC 'a/+/d/config' would consume downstream"),
+        ({"MQTT_TOPIC": "$share/g/a/#"}, "MQTT_TOPIC '$share/g/a/#' would consume downstream"),
+        (
+            {"DATA_ACQ_DRAIN_WORKERS": "0"},
+            "DATA_ACQ_DRAIN_WORKERS must be a whole number from 1 to 64",
+        ),
+        ({"DATA_ACQ_DRAIN_WINDOW": "ten"}, "DATA_ACQ_DRAIN_WINDOW must be a number of seconds"),
+        ({"DATA_ACQ_SUBSCRIPTIONS": "nameonly"}, "DATA_ACQ_SUBSCRIPTIONS entry 'nameonly' is not"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace("+", r"\+")):
+    with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.from_env(env)
