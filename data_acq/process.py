@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -46,6 +47,7 @@ COUNTER_FIELDS = (
 )
 READING_KEY = ("site", "time", "vid", "device", "field")
 GAP_MINUTES = 5  # a completeness gap is at least this long
+BUCKETS = 16  # sites are spread over this many buckets per date
 FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
 
 
@@ -97,6 +99,13 @@ def _read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
 # --- step 1: stage ----------------------------------------------------------------------------
 
 
+def _bucket_of(sites: pl.Series) -> pl.Series:
+    """A stable bucket per site (CRC-32, not Polars' seeded hash): a date is rebuilt bucket by
+    bucket, so memory is bounded by a bucket, and one site is always in the same bucket."""
+    mapping = {site: zlib.crc32((site or "").encode()) % BUCKETS for site in sites.unique()}
+    return sites.replace_strict(mapping, return_dtype=pl.UInt8, default=0)
+
+
 def processed_raw_keys(store: ObjectStore) -> set[str]:
     done: set[str] = set()
     for key in store.list_keys(INDEX):
@@ -133,11 +142,16 @@ def stage(
         }
         for name, frame in by_table.items():
             when = "_when" if name == "rejects" else "time"
-            frame = frame.with_columns(pl.col(when).dt.date().alias("_date"))
-            for (day,), part in frame.partition_by("_date", as_dict=True).items():
+            frame = frame.with_columns(
+                pl.col(when).dt.date().alias("_date"), _bucket_of(frame["site"]).alias("_bucket")
+            )
+            for (day, bucket), part in frame.partition_by("_date", "_bucket", as_dict=True).items():
                 day_text = day.isoformat() if day else "unknown"
-                key = f"{STAGING}{name}/date={day_text}/{result.batch}-{number:04d}.parquet"
-                store.put(key, _to_parquet(part.drop("_date", "_when", strict=False)))
+                key = (
+                    f"{STAGING}{name}/date={day_text}/bucket={bucket:02d}/"
+                    f"{result.batch}-{number:04d}.parquet"
+                )
+                store.put(key, _to_parquet(part.drop("_date", "_bucket", "_when", strict=False)))
                 result.rows[name] = result.rows.get(name, 0) + part.height
                 if day:
                     result.dates.add(day)
@@ -162,9 +176,20 @@ def staged_dates(store: ObjectStore) -> list[date]:
     return sorted(date.fromisoformat(d) for d in days if d != "unknown")
 
 
-def _staged(store: ObjectStore, table: str, day: date) -> pl.DataFrame | None:
-    frames = _read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/")
+def _staged(store: ObjectStore, table: str, day: date, bucket: str) -> pl.DataFrame | None:
+    frames = _read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/{bucket}/")
     return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+def _buckets(store: ObjectStore, day: date) -> list[str]:
+    """The `bucket=NN` folders any staged table has for the date."""
+    return sorted(
+        {
+            key.split("/")[3]
+            for table in STAGED_TABLES
+            for key in store.list_keys(f"{STAGING}{table}/date={day.isoformat()}/")
+        }
+    )
 
 
 def _write_by_site(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
@@ -174,68 +199,95 @@ def _write_by_site(store: ObjectStore, table: str, day: date, frame: pl.DataFram
 
 
 def build_date(store: ObjectStore, day: date) -> DateResult:
-    """Rebuild every curated table of one measurement date from its staging files."""
+    """Rebuild every curated table of one measurement date from its staging files, one bucket
+    of sites at a time."""
     result = DateResult(day)
-    readings = _staged(store, "readings", day)
-    if readings is not None:
-        before = readings.height
-        readings = (
-            readings.sort("received_at", nulls_last=True)
-            .unique(subset=list(READING_KEY), keep="first", maintain_order=True)
-            .sort("site", "time", "vid", "device", "field")
-        )
-        result.duplicates_removed = before - readings.height
-        result.duplicates_left = readings.height - readings.select(READING_KEY).n_unique()
-        result.sites = readings["site"].n_unique()
-        lag = readings.select(
-            ahead=(pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
-            lag=(pl.col("received_at") - pl.col("time")).max().dt.total_seconds(),
-        ).row(0)
-        result.ahead_of_receipt, result.max_lag_s = lag[0], lag[1]
-        _write_by_site(store, "readings", day, readings)
-        result.rows["readings"] = readings.height
-        _write_aggregates(store, day, readings, result)
-    status = _staged(store, "device_status", day)
-    if status is not None:
-        status = status.unique(maintain_order=True).sort("site", "time", "vid", "device")
-        _write_by_site(store, "device_status", day, status)
-        result.rows["device_status"] = status.height
-    payloads = _staged(store, "pipeline_payloads", day)
-    if payloads is not None:
-        payloads = (
-            payloads.sort("received_at", nulls_last=True)
-            .unique(subset=["site", "time", "document"], keep="first", maintain_order=True)
-            .sort("site", "time")
-        )
-        for (site,), part in payloads.partition_by("site", as_dict=True).items():
-            key = f"{CURATED}pipeline_payloads/date={day.isoformat()}/site={site or 'unknown'}/payloads.ndjson"
-            store.put(key, ("\n".join(part["document"]) + "\n").encode())
-        result.rows["pipeline_payloads"] = payloads.height
-        completeness = completeness_daily(payloads, day)
-        store.put(
-            f"{CURATED}completeness_daily/date={day.isoformat()}/part-0.parquet",
-            _to_parquet(completeness),
-        )
-        result.rows["completeness_daily"] = completeness.height
+    per_date: dict[str, list[pl.DataFrame]] = {
+        "energy_daily": [],
+        "completeness_daily": [],
+        "rejects": [],
+    }
+    for bucket in _buckets(store, day):
+        readings = _staged(store, "readings", day, bucket)
+        if readings is not None:
+            _build_readings(store, day, bucket, readings, result, per_date)
+        status = _staged(store, "device_status", day, bucket)
+        if status is not None:
+            status = status.unique(maintain_order=True).sort("site", "time", "vid", "device")
+            _write_by_site(store, "device_status", day, status)
+            _add(result, "device_status", status.height)
+        payloads = _staged(store, "pipeline_payloads", day, bucket)
+        if payloads is not None:
+            payloads = (
+                payloads.sort("received_at", nulls_last=True)
+                .unique(subset=["site", "time", "document"], keep="first", maintain_order=True)
+                .sort("site", "time")
+            )
+            for (site,), part in payloads.partition_by("site", as_dict=True).items():
+                key = (
+                    f"{CURATED}pipeline_payloads/date={day.isoformat()}/"
+                    f"site={site or 'unknown'}/payloads.ndjson"
+                )
+                store.put(key, ("\n".join(part["document"]) + "\n").encode())
+            _add(result, "pipeline_payloads", payloads.height)
+            per_date["completeness_daily"].append(completeness_daily(payloads, day))
+        rejects = _staged(store, "rejects", day, bucket)
+        if rejects is not None:
+            per_date["rejects"].append(rejects.unique(maintain_order=True))
+    for table, frames in per_date.items():
+        if frames:
+            frame = (
+                pl.concat(frames).sort("site", nulls_last=True)
+                if table != "rejects"
+                else pl.concat(frames)
+            )
+            _put_dated(store, table, day, frame)
+            result.rows[table] = frame.height
+    if per_date["completeness_daily"]:
+        completeness = pl.concat(per_date["completeness_daily"])
         result.completeness = dict(completeness.select("site", "ratio").iter_rows())
-    rejects = _staged(store, "rejects", day)
-    if rejects is not None:
-        rejects = rejects.unique(maintain_order=True)
+    if per_date["rejects"]:
+        rejects = pl.concat(per_date["rejects"])
         result.rejected_payloads = rejects.filter(pl.col("time").is_null()).height
-        _put_dated(store, "rejects", day, rejects)
-        result.rows["rejects"] = rejects.height
     return result
 
 
-def _write_aggregates(
-    store: ObjectStore, day: date, readings: pl.DataFrame, result: DateResult
+def _add(result: DateResult, table: str, rows: int) -> None:
+    result.rows[table] = result.rows.get(table, 0) + rows
+
+
+def _build_readings(
+    store: ObjectStore,
+    day: date,
+    bucket: str,
+    readings: pl.DataFrame,
+    result: DateResult,
+    per_date: dict[str, list[pl.DataFrame]],
 ) -> None:
-    for name, frame in (
-        ("readings_15min", readings_15min(readings)),
-        ("energy_daily", energy_daily(readings, day)),
-    ):
-        _put_dated(store, name, day, frame)
-        result.rows[name] = frame.height
+    before = readings.height
+    readings = (
+        readings.sort("received_at", nulls_last=True)
+        .unique(subset=list(READING_KEY), keep="first", maintain_order=True)
+        .sort("site", "time", "vid", "device", "field")
+    )
+    result.duplicates_removed += before - readings.height
+    result.duplicates_left += readings.height - readings.select(READING_KEY).n_unique()
+    result.sites += readings["site"].n_unique()
+    ahead, lag = readings.select(
+        ahead=(pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
+        lag=(pl.col("received_at") - pl.col("time")).max().dt.total_seconds(),
+    ).row(0)
+    result.ahead_of_receipt += ahead
+    if lag is not None and (result.max_lag_s is None or lag > result.max_lag_s):
+        result.max_lag_s = lag
+    _write_by_site(store, "readings", day, readings)
+    _add(result, "readings", readings.height)
+    quarter_hours = readings_15min(readings)
+    number = bucket.removeprefix("bucket=")
+    key = f"{CURATED}readings_15min/date={day.isoformat()}/part-{number}.parquet"
+    store.put(key, _to_parquet(quarter_hours))
+    _add(result, "readings_15min", quarter_hours.height)
+    per_date["energy_daily"].append(energy_daily(readings, day))
 
 
 def _put_dated(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
