@@ -169,13 +169,6 @@ def stage(
 # --- step 2: build a date ---------------------------------------------------------------------
 
 
-def staged_dates(store: ObjectStore) -> list[date]:
-    days = {
-        key.split("date=", 1)[1].split("/", 1)[0] for key in store.list_keys(f"{STAGING}readings/")
-    }
-    return sorted(date.fromisoformat(d) for d in days if d != "unknown")
-
-
 def _staged(store: ObjectStore, table: str, day: date, bucket: str) -> pl.DataFrame | None:
     frames = _read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/{bucket}/")
     return pl.concat(frames, how="vertical_relaxed") if frames else None
