@@ -47,7 +47,7 @@ COUNTER_FIELDS = (
 )
 READING_KEY = ("site", "time", "vid", "device", "field")
 GAP_MINUTES = 5  # a completeness gap is at least this long
-BUCKETS = 16  # sites are spread over this many buckets per date
+BUCKETS = 32  # sites are spread over this many buckets per date
 FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
 
 

@@ -82,6 +82,9 @@ def refresh_warehouse(root: Path, dates: Iterable[date]) -> Path:
     days = sorted(set(dates))
     root.mkdir(parents=True, exist_ok=True)
     with _connect(path) as con:
+        # a day of a large fleet is 100+ million readings: stream it instead of holding it
+        con.execute("set memory_limit = '2GB'")
+        con.execute("set preserve_insertion_order = false")
         for table, schema in SCHEMAS.items():
             empty = pl.DataFrame(schema={**schema, "date": pl.Date()})  # noqa: F841 - read by name
             con.execute(f'create table if not exists "{table}" as select * from empty')

@@ -1,0 +1,222 @@
+"""Benchmark: one simulated day of a fleet, from raw storage to every output.
+
+The input is raw storage as the drain writes it (gzip NDJSON objects of raw records), made once
+from the simulator: by default 1,000 sites x 24 h = 1.44 million payloads, with duplicate
+deliveries, an outage backlog and malformed messages. Two contenders run in child processes, one
+after the other, each reporting its own peak RSS (VmHWM from /proc):
+
+- project: `data_acq.process.process` (stage: raw -> per-date staging; build: curated tables,
+  aggregates; then the DuckDB warehouse), with the time of each stage;
+- duckdb:  DuckDB's SQL route for the flattening alone: `read_ndjson` over the same raw objects,
+  readings flattened in SQL and written to Parquet (the anchor for the project's stage step).
+
+Run it from the project root:
+
+    .venv/bin/python bench/bench_process.py                    # 1,000 sites x 24 h
+    .venv/bin/python bench/bench_process.py --sites 50 --keep  # smaller, keep bench/out/process
+
+Targets (issue "Processing"): every output within 4 GB of memory; the flattening at least as fast
+as DuckDB's SQL route (ratio <= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent / "out" / "process"
+RECEIVED_AT = datetime(2024, 10, 13, 1, tzinfo=UTC)
+PER_OBJECT = 5_000  # messages per raw object, as a drain batch
+MEMORY_TARGET_BYTES = 4 * 1024**3
+MIB = 1024 * 1024
+
+DUCKDB_SQL = """
+copy (
+    with src as (
+        select topic, payload
+        from read_ndjson('{raw}/**/*.ndjson.gz', columns = {{topic: 'VARCHAR', payload: 'JSON'}})
+    ),
+    rd as (
+        select
+            split_part(topic, '/', 2) as site,
+            to_timestamp(try_cast(payload ->> '$.t' as bigint)) as time,
+            unnest(try_cast(payload -> '$.r' as JSON[])) as r
+        from src
+    ),
+    kv as (
+        select site, time, r ->> '$._vid' as vid, r ->> '$._d' as device,
+            je.key as field, je.value as v, je.type as ty
+        from rd, json_each(r) as je
+    )
+    select site, time, vid, device, field,
+        case when ty in ('BIGINT', 'UBIGINT', 'DOUBLE') then cast(v as double) end as value,
+        case when ty not in ('BIGINT', 'UBIGINT', 'DOUBLE') then v ->> '$' end as value_text
+    from kv
+    where not starts_with(field, '_') and ty <> 'NULL' and vid is not null and time is not null
+) to '{output}' (format parquet, compression zstd)
+"""
+
+
+def vm_hwm_bytes() -> int:
+    """This process's own peak RSS."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def generate(root: Path, sites: int, hours: float, seed: int) -> dict[str, Any]:
+    from data_acq.messages import encode_record
+    from data_acq.raw import encode_object, raw_key
+    from data_acq.simulate import SimulationSpec, simulate
+    from data_acq.storage import LocalStore
+
+    store = LocalStore(root)
+    spec = SimulationSpec(
+        sites=sites,
+        start=datetime(2024, 10, 12, tzinfo=UTC),
+        minutes=int(hours * 60),
+        seed=seed,
+        duplicate_rate=0.003,
+        outage_sites=max(1, sites // 100),
+        outage_minutes=180,
+        malformed_rate=0.001,
+    )
+    batch: list[bytes] = []
+    messages = payload_bytes = 0
+    for topic, body in simulate(spec):
+        batch.append(encode_record(topic, body, RECEIVED_AT, 1))
+        messages += 1
+        payload_bytes += len(body)
+        if len(batch) == PER_OBJECT:
+            store.put_new(raw_key(RECEIVED_AT, "bench"), encode_object(batch))
+            batch = []
+    if batch:
+        store.put_new(raw_key(RECEIVED_AT, "bench"), encode_object(batch))
+    return {"messages": messages, "mean_payload_bytes": payload_bytes / max(messages, 1)}
+
+
+def child_project(root: Path) -> dict[str, Any]:
+    from data_acq.process import build_date, new_raw_keys, stage
+    from data_acq.storage import LocalStore
+    from data_acq.warehouse import refresh_warehouse
+
+    store = LocalStore(root)
+    started = time.perf_counter()
+    keys = new_raw_keys(store)
+    staged = stage(store, keys)
+    stage_s = time.perf_counter() - started
+    built = []
+    for day in sorted(staged.dates):
+        built.append(build_date(store, day))
+    build_s = time.perf_counter() - started - stage_s
+    refresh_warehouse(root, [b.day for b in built])
+    warehouse_s = time.perf_counter() - started - stage_s - build_s
+    return {
+        "stage_s": stage_s,
+        "build_s": build_s,
+        "warehouse_s": warehouse_s,
+        "total_s": time.perf_counter() - started,
+        "messages": staged.messages,
+        "readings": sum(b.rows.get("readings", 0) for b in built),
+        "duplicates_removed": sum(b.duplicates_removed for b in built),
+        "dates": len(built),
+        "peak_rss": vm_hwm_bytes(),
+    }
+
+
+def child_duckdb(root: Path) -> dict[str, Any]:
+    import duckdb
+
+    output = root.parent / "duckdb-readings.parquet"
+    started = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(DUCKDB_SQL.format(raw=(root / "raw").as_posix(), output=output.as_posix()))
+    elapsed = time.perf_counter() - started
+    rows = con.execute(f"select count(*) from read_parquet('{output.as_posix()}')").fetchone()
+    return {"flatten_s": elapsed, "rows": rows[0] if rows else 0, "peak_rss": vm_hwm_bytes()}
+
+
+def run_child(contender: str, root: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", contender, "--root", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{contender} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, default=1000)
+    parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--keep", action="store_true", help="keep bench/out/process")
+    parser.add_argument("--child", choices=("project", "duckdb"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run = child_project if args.child == "project" else child_duckdb
+        print(json.dumps(run(args.root)))
+        return 0
+
+    root = OUT_DIR / "storage"
+    shutil.rmtree(OUT_DIR, ignore_errors=True)
+    started = time.perf_counter()
+    made = generate(root, args.sites, args.hours, args.seed)
+    raw_mb = sum(p.stat().st_size for p in (root / "raw").rglob("*.gz")) / MIB
+    print(
+        f"input: {made['messages']:,} messages from {args.sites} sites x {args.hours:g} h, mean payload "
+        f"{made['mean_payload_bytes']:,.0f} B, raw {raw_mb:,.1f} MB gzip "
+        f"(made in {time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    duck = run_child("duckdb", root)
+    print(
+        f"duckdb flattening: {duck['flatten_s']:.1f} s, {duck['rows']:,} rows, peak {duck['peak_rss'] / MIB:,.0f} MB",
+        flush=True,
+    )
+    project = run_child("project", root)
+    n = made["messages"]
+    print()
+    print(f"{'step':<34}{'seconds':>9}{'payloads/s':>12}")
+    for label, key in (
+        ("project: stage (flatten by date)", "stage_s"),
+        ("project: build dates", "build_s"),
+        ("project: warehouse", "warehouse_s"),
+        ("project: all outputs", "total_s"),
+    ):
+        print(f"{label:<34}{project[key]:>9.1f}{n / project[key]:>12,.0f}")
+    print(
+        f"{'duckdb: flattening to readings':<34}{duck['flatten_s']:>9.1f}{n / duck['flatten_s']:>12,.0f}"
+    )
+    ratio = project["stage_s"] / duck["flatten_s"]
+    print(
+        f"\nproject readings (de-duplicated): {project['readings']:,}; duplicates removed "
+        f"{project['duplicates_removed']:,}; dates {project['dates']}"
+    )
+    print(
+        f"flattening ratio project stage / duckdb: {ratio:.2f} (target <= 1.0: {'met' if ratio <= 1 else 'NOT met'})"
+    )
+    print(
+        f"project peak RSS: {project['peak_rss'] / MIB:,.0f} MB (target < 4 GB: "
+        f"{'met' if project['peak_rss'] < MEMORY_TARGET_BYTES else 'NOT met'}); "
+        f"duckdb peak RSS: {duck['peak_rss'] / MIB:,.0f} MB"
+    )
+    if not args.keep:
+        shutil.rmtree(OUT_DIR, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
