@@ -7,8 +7,6 @@ certificate is checked here, once, with a message that says what is wrong.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +17,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from data_acq.settings import Settings
+from data_acq.storage import LocalStore
 
 
 class CACertError(RuntimeError):
@@ -95,7 +94,7 @@ def download_ca_cert(
             f"cannot download the CA from {shown}: {reason} after {retries} retries"
         ) from None
     check_pem(response.content, shown)
-    _write_atomically(dest, response.content)
+    LocalStore(dest.parent).put(dest.name, response.content)  # atomic replace
     return dest
 
 
@@ -105,20 +104,6 @@ def local_ca_cert(path: Path) -> Path:
         raise CACertError(f"CA_CERT_FILE {path} does not exist")
     check_pem(path.read_bytes(), str(path))
     return path
-
-
-def _write_atomically(dest: Path, data: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_ca(settings: Settings) -> Path | None:

@@ -117,41 +117,18 @@ class _Columns:
         self.messages += 1
         site = site_of(message.topic)
         parsed = parse_payload(message.payload)
-        received = message.received_at
         if isinstance(parsed, Rejection):
-            self.rejects.append(
-                (
-                    message.source,
-                    message.ref,
-                    received,
-                    message.topic,
-                    site,
-                    None,
-                    parsed.path,
-                    parsed.reason,
-                )
-            )
+            self._reject(message, site, None, parsed)
             return
         self.accepted += 1
         t = parsed.t
         for skipped in parsed.skipped:
-            self.rejects.append(
-                (
-                    message.source,
-                    message.ref,
-                    received,
-                    message.topic,
-                    site,
-                    t,
-                    skipped.path,
-                    skipped.reason,
-                )
-            )
+            self._reject(message, site, t, skipped)
         if self.pipeline:  # before the readings are consumed below
             self.p_document.append(_encode(to_pipeline(parsed)).decode())
         self.p_site.append(site)
         self.p_time.append(t)
-        self.p_received.append(received)
+        self.p_received.append(message.received_at)
         self.p_width.append(len(parsed.readings))
         for reading in parsed.readings:  # ours to consume: the `_`-keys are popped, not copied
             vid = reading.pop("_vid")
@@ -164,6 +141,20 @@ class _Columns:
             self.values.extend(reading.values())
             if statuses:
                 self.status.extend((site, t, vid, device, s.c, s.l) for s in statuses)
+
+    def _reject(self, message: Message, site: str | None, t: int | None, why: Rejection) -> None:
+        self.rejects.append(
+            (
+                message.source,
+                message.ref,
+                message.received_at,
+                message.topic,
+                site,
+                t,
+                why.path,
+                why.reason,
+            )
+        )
 
     def tables(self) -> Tables:
         values = self.values

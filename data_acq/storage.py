@@ -50,19 +50,28 @@ class LocalStore:
             raise ValueError(f"key {key!r} leaves the storage root")
         return path
 
-    def put_new(self, key: str, data: bytes) -> None:
+    def _write_temp(self, key: str, data: bytes, durable: bool) -> tuple[Path, str]:
+        """The final path for `key`, and a temporary file beside it that holds `data`."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, path)  # atomic, and refuses to replace an existing object
-            except FileExistsError:
-                raise ObjectExists(key) from None
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path, tmp
+
+    def put_new(self, key: str, data: bytes) -> None:
+        path, tmp = self._write_temp(key, data, durable=True)
+        try:
+            os.link(tmp, path)  # atomic, and refuses to replace an existing object
+        except FileExistsError:
+            raise ObjectExists(key) from None
         finally:
             os.unlink(tmp)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -72,16 +81,8 @@ class LocalStore:
             os.close(dir_fd)
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)  # readers see the old or the new file, never half of one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path, tmp = self._write_temp(key, data, durable=False)
+        os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

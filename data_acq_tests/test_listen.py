@@ -68,52 +68,11 @@ def test_listen_tls_password_prints_pipeline_format(
     }
     proc = _start_listen(env, "--raw")
     early = _wait_for(proc, b"subscribed to a/+/u/data")
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "localhost",
-            "-p",
-            str(secure_mosquitto.process.port),
-            "--cafile",
-            str(tls.ca),
-            "-u",
-            MQTT_USER,
-            "-P",
-            MQTT_PASSWORD,
-            "-q",
-            "1",
-            "-t",
-            "a/b827eb2bb2a9/u/data",
-            "-m",
-            EXAMPLE.decode(),
-        ],
-        check=True,
-        timeout=20,
-    )
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            "-h",
-            "localhost",
-            "-p",
-            str(secure_mosquitto.process.port),
-            "--cafile",
-            str(tls.ca),
-            "-u",
-            MQTT_USER,
-            "-P",
-            MQTT_PASSWORD,
-            "-q",
-            "1",
-            "-t",
-            "a/b827eb2bb2a9/u/data",
-            "-m",
-            "{broken",
-        ],
-        check=True,
-        timeout=20,
-    )
+    port = str(secure_mosquitto.process.port)
+    tls_pub = ["mosquitto_pub", "-h", "localhost", "-p", port, "--cafile", str(tls.ca)]
+    tls_pub += ["-u", MQTT_USER, "-P", MQTT_PASSWORD, "-q", "1", "-t", "a/b827eb2bb2a9/u/data"]
+    for body in (EXAMPLE.decode(), "{broken"):
+        subprocess.run([*tls_pub, "-m", body], check=True, timeout=20)
     deadline = time.monotonic() + 20
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
