@@ -75,6 +75,22 @@ class DateResult:
     completeness: dict[str, float] = field(default_factory=dict)  # site -> ratio
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
     max_lag_s: float | None = None  # longest delay from measurement to receipt
+    last_payload: dict[str, datetime] = field(default_factory=dict)  # site -> latest time
+
+    def silent_sites(
+        self, now: datetime, allowed: timedelta = timedelta(hours=1)
+    ) -> dict[str, float]:
+        """Sites whose last payload of the day came more than `allowed` before the day ended
+        (or before now, for today): minutes of silence per site."""
+        day_end = datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC) + timedelta(
+            days=1
+        )
+        horizon = min(now, day_end - timedelta(minutes=1))
+        return {
+            site: round((horizon - last).total_seconds() / 60)
+            for site, last in self.last_payload.items()
+            if horizon - last > allowed
+        }
 
     @property
     def rejected_share(self) -> float:
@@ -270,6 +286,7 @@ def _build_readings(
         ahead=(pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
         lag=(pl.col("received_at") - pl.col("time")).max().dt.total_seconds(),
     ).row(0)
+    result.last_payload |= dict(readings.group_by("site").agg(pl.col("time").max()).iter_rows())
     result.ahead_of_receipt += ahead
     if lag is not None and (result.max_lag_s is None or lag > result.max_lag_s):
         result.max_lag_s = lag

@@ -15,7 +15,14 @@ import polars as pl
 
 from data_acq.local_broker import LocalMosquitto
 from data_acq.messages import encode_record
-from data_acq.process import COUNTER_FIELDS, CURATED, completeness_daily, energy_daily, process
+from data_acq.process import (
+    COUNTER_FIELDS,
+    CURATED,
+    DateResult,
+    completeness_daily,
+    energy_daily,
+    process,
+)
 from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
 from data_acq.simulate import SimulationSpec, simulate
@@ -212,3 +219,18 @@ def test_completeness_counts_minutes_and_lists_gaps() -> None:
         {"start": start + timedelta(minutes=600), "minutes": 30},
         {"start": start + timedelta(minutes=1430), "minutes": 10},
     ]
+
+
+def test_silent_sites_are_those_that_stopped_before_the_day_ended() -> None:
+    day = date(2024, 10, 12)
+    built = DateResult(
+        day,
+        last_payload={
+            "all-day": datetime(2024, 10, 12, 23, 59, tzinfo=UTC),
+            "stopped": datetime(2024, 10, 12, 14, 0, tzinfo=UTC),
+        },
+    )
+    later = datetime(2024, 11, 1, tzinfo=UTC)
+    assert built.silent_sites(later) == {"stopped": 599}
+    # on the day itself, at 14:30, nobody has been silent for more than an hour yet
+    assert built.silent_sites(datetime(2024, 10, 12, 14, 30, tzinfo=UTC)) == {}

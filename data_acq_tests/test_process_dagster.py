@@ -80,7 +80,15 @@ def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> Non
         checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
         assert checks["duplicates_removed"] is True
         assert checks["clock_skew"] is True  # the backlog is late, not early
-        assert set(checks) == {"rejected_share", "duplicates_removed", "completeness", "clock_skew"}
+        assert set(checks) == {
+            "rejected_share",
+            "duplicates_removed",
+            "completeness",
+            "clock_skew",
+            "freshness",
+        }
+        # the simulated data ends at 01:00 on the 13th: the day's sites went silent after that
+        assert checks["freshness"] is False
         again = new_raw_sensor(
             build_sensor_context(instance=instance, resources={"storage": storage})
         )

@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 
 from dagster import (
     AssetCheckResult,
@@ -176,6 +176,11 @@ def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeR
             asset="readings",
             description="No payload time is ahead of its receive time by more than 5 minutes",
         ),
+        AssetCheckSpec(
+            "freshness",
+            asset="readings",
+            description="No site fell silent for more than an hour before the day ended (or now)",
+        ),
     ],
 )
 def curated(
@@ -196,7 +201,7 @@ def curated(
 
 
 def curated_results(
-    store: ObjectStore, built: DateResult
+    store: ObjectStore, built: DateResult, now: datetime | None = None
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """One materialization per curated asset of the date, and the date's data-quality checks."""
     day = built.day.isoformat()
@@ -244,5 +249,19 @@ def curated_results(
         metadata={
             "readings_ahead_of_receipt": built.ahead_of_receipt,
             "max_lag_s": round(built.max_lag_s, 1) if built.max_lag_s is not None else "none",
+        },
+    )
+    silent = built.silent_sites(now or datetime.now(UTC))
+    yield AssetCheckResult(
+        check_name="freshness",
+        asset_key="readings",
+        passed=not silent,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "sites": len(built.last_payload),
+            "silent_sites": MetadataValue.json(silent),
+            "last_payload": max(built.last_payload.values()).isoformat()
+            if built.last_payload
+            else "none",
         },
     )
