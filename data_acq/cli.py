@@ -22,6 +22,7 @@ from data_acq.drain import Drain, DrainLimits, DrainWriteError
 from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
 from data_acq.messages import read_lines
 from data_acq.pipeline_format import to_pipeline
+from data_acq.pipeline_queue import send_new_documents
 from data_acq.process import process
 from data_acq.raw import RAW_PREFIX
 from data_acq.settings import Settings, SettingsError
@@ -233,6 +234,13 @@ def cmd_process(args: argparse.Namespace) -> None:
     for built in result.dates:
         rows = ", ".join(f"{k} {v}" for k, v in built.rows.items())
         log.info("%s: %s; %d duplicate readings removed", built.day, rows, built.duplicates_removed)
+        if settings.pipeline_queue_url:
+            import boto3
+
+            sent = send_new_documents(
+                store, built.day, boto3.client("sqs"), settings.pipeline_queue_url
+            )
+            log.info("%s: sent %d new pipeline documents to SQS", built.day, sent.sent)
     if isinstance(store, LocalStore) and result.dates:
         path = refresh_warehouse(store.root, [b.day for b in result.dates])
         log.info("warehouse: %s", path)

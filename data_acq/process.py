@@ -76,6 +76,7 @@ class DateResult:
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
     max_lag_s: float | None = None  # longest delay from measurement to receipt
     last_payload: dict[str, datetime] = field(default_factory=dict)  # site -> latest time
+    sent_to_queue: int | None = None  # pipeline documents sent to SQS by this rebuild
 
     def silent_sites(
         self, now: datetime, allowed: timedelta = timedelta(hours=1)

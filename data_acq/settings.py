@@ -72,6 +72,7 @@ class Settings:
     subscriptions: tuple[Subscription, ...] = ()
     drain_window_s: float = 600.0
     sensors_running: bool = False  # whether Dagster's sensors start switched on
+    pipeline_queue_url: str | None = None  # SQS queue for the pipeline-format documents
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -129,6 +130,7 @@ class Settings:
             subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker, workers),
             drain_window_s=window,
             sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
+            pipeline_queue_url=get("PIPELINE_SQS_QUEUE_URL"),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
 

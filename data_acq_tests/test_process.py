@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -234,3 +237,36 @@ def test_silent_sites_are_those_that_stopped_before_the_day_ended() -> None:
     assert built.silent_sites(later) == {"stopped": 599}
     # on the day itself, at 14:30, nobody has been silent for more than an hour yet
     assert built.silent_sites(datetime(2024, 10, 12, 14, 30, tzinfo=UTC)) == {}
+
+
+def test_pipeline_documents_go_to_sqs_once(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """`data-acq process` with PIPELINE_SQS_QUEUE_URL, against moto's server (SQS and S3 alike)."""
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=moto_s3.endpoint, region_name="us-east-1")
+    queue = sqs.create_queue(QueueName="pipeline")["QueueUrl"]
+    store = LocalStore(tmp_path / "store")
+    spec = SimulationSpec(sites=2, minutes=40, seed=5, duplicate_rate=0.1, outage_sites=0)
+    cut = int(spec.start.timestamp()) + 30 * 60
+    messages = list(simulate(spec))
+    early = [m for m in messages if json.loads(m[1])["t"] < cut]
+    late = [m for m in messages if json.loads(m[1])["t"] >= cut]
+    _put_raw(store, early, datetime(2024, 10, 12, 2, tzinfo=UTC))
+    env = {**os.environ, "DATA_ACQ_STORAGE": str(store.root), "PIPELINE_SQS_QUEUE_URL": queue}
+    command = [sys.executable, "-m", "data_acq.cli", "process"]
+    first = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    bodies = []
+    while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        bodies += [json.loads(m["Body"]) for m in batch]
+        sqs.delete_message_batch(
+            QueueUrl=queue,
+            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
+        )
+    assert len(bodies) == 2 * 30  # each payload once, duplicate deliveries removed
+    assert all(set(body) == {"time", "data"} for body in bodies)
+    # late data for the same date: only the new documents are sent
+    _put_raw(store, late, datetime(2024, 10, 12, 3, tzinfo=UTC))
+    second = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert b"sent 20 new pipeline documents to SQS" in second.stderr

@@ -10,7 +10,7 @@ from dagster import Definitions, SensorResult, build_sensor_context, instance_fo
 
 from data_acq.defs.assets import curated, raw_messages, staged_raw
 from data_acq.defs.jobs import curate_job, stage_job
-from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
+from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, PipelineQueue
 from data_acq.defs.sensors import build_processing_sensors
 from data_acq.messages import encode_record
 from data_acq.raw import encode_object, raw_key
@@ -33,6 +33,7 @@ def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> Non
         sensors=[new_raw_sensor, curation_sensor],
         resources={
             "storage": storage,
+            "pipeline_queue": PipelineQueue(),  # no queue configured
             "mqtt": MQTTBroker(
                 host="127.0.0.1",
                 topics=["a/+/u/data"],

@@ -19,8 +19,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from data_acq.defs.resources import MQTTBroker, Storage
+from data_acq.defs.resources import MQTTBroker, PipelineQueue, Storage
 from data_acq.drain import Drain, DrainLimits, DrainStats
+from data_acq.pipeline_queue import send_new_documents
 from data_acq.process import CURATED, DateResult, build_date, new_raw_keys, stage
 from data_acq.raw import RAW_PREFIX
 from data_acq.storage import LocalStore, ObjectStore
@@ -184,11 +185,17 @@ def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeR
     ],
 )
 def curated(
-    context: AssetExecutionContext, storage: Storage
+    context: AssetExecutionContext, storage: Storage, pipeline_queue: PipelineQueue
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     day = date.fromisoformat(context.partition_key)
     store = storage.store()
     built = build_date(store, day)
+    if pipeline_queue.queue_url:
+        sent = send_new_documents(store, day, pipeline_queue.client(), pipeline_queue.queue_url)
+        built.sent_to_queue = sent.sent
+        context.log.info(
+            f"sent {sent.sent} new pipeline documents ({sent.already_sent} sent before)"
+        )
     yield from curated_results(store, built)
     if isinstance(store, LocalStore):
         path = refresh_warehouse(store.root, [day])
@@ -212,6 +219,8 @@ def curated_results(
         }
         if name == "readings":
             metadata |= {"sites": built.sites, "duplicates_removed": built.duplicates_removed}
+        if name == "pipeline_payloads" and built.sent_to_queue is not None:
+            metadata["sent_to_sqs"] = built.sent_to_queue
         yield MaterializeResult(asset_key=name, metadata=metadata)
     yield AssetCheckResult(
         check_name="rejected_share",

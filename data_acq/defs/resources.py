@@ -1,6 +1,7 @@
 """Resources shared by every job that talks to the broker."""
 
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource, EnvVar, ResourceDependency
 from dagster_aws.s3 import S3Resource
@@ -87,6 +88,17 @@ class S3Storage(Storage):
         return S3Store(self.s3.get_client(), self.bucket, self.prefix)
 
 
+class PipelineQueue(ConfigurableResource):
+    """The SQS queue the pipeline-format documents go to (PIPELINE_SQS_QUEUE_URL); unset: none."""
+
+    queue_url: str | None = None
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("sqs")
+
+
 def build_storage(storage: str) -> Storage:
     """Local folder by default; `s3://bucket/prefix` uses dagster-aws's S3Resource, which takes
     the standard AWS_* variables (AWS_ENDPOINT_URL for S3-compatible servers)."""
@@ -116,4 +128,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
             ca_certificate=ca,
         ),
         "storage": build_storage(settings.storage),
+        "pipeline_queue": PipelineQueue(queue_url=settings.pipeline_queue_url),
     }
