@@ -2,7 +2,7 @@
 
 from dagster import Definitions
 
-from data_acq.defs.assets import curated, raw_messages, staged_raw
+from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
 from data_acq.defs.jobs import broker_check, curate_job, drain_job, stage_job
 from data_acq.defs.resources import build_resources
 from data_acq.defs.sensors import build_drain_sensor, build_processing_sensors
@@ -11,7 +11,7 @@ from data_acq.settings import Settings
 settings = Settings.from_env()
 
 defs = Definitions(
-    assets=[raw_messages, staged_raw, curated],
+    assets=[raw_messages, staged_raw, curated, daily_charts],
     jobs=[broker_check, drain_job, stage_job, curate_job],
     sensors=[
         build_drain_sensor(

@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 
 from data_acq.broker import publish_all
+from data_acq.charts import write_charts
 from data_acq.drain import Drain, DrainLimits
 from data_acq.local_broker import LocalMosquitto
 from data_acq.process import process
@@ -81,6 +82,8 @@ def run_demo(output: Path, sites: int = 5, hours: float = 48.0, seed: int = 42) 
     )
     result = process(store, progress=log.info)
     warehouse = refresh_warehouse(output, [d.day for d in result.dates])
+    charts = [key for d in result.dates for key in write_charts(store, d.day)]
+    log.info("drew %d daily charts", len(charts))
     _report(warehouse, len(messages), stats.stored, output)
 
 
@@ -144,5 +147,6 @@ def _report(warehouse: Path, published: int, stored: int, output: Path) -> None:
         f"  raw/        exactly what was received (gzip NDJSON by receive date and hour)\n"
         f"  curated/    readings, device_status, pipeline_payloads, rejects, readings_15min,\n"
         f"              energy_daily, completeness_daily (by measurement date)\n"
+        f"  curated/charts/  a daily chart per site (PNG), e.g. {output / 'curated' / 'charts'}\n"
         f"  {WAREHOUSE_FILE}  tables for SQL: duckdb {warehouse}"
     )

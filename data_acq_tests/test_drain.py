@@ -53,7 +53,7 @@ def test_default_mosquitto_10k_at_1000_per_second(tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(tmp_path: Path) -> None:
-    sent = unique_messages(6_000)
+    sent = unique_messages(10_000)
     store_dir = tmp_path / "store"
     with LocalMosquitto(tmp_path / "mq", extra=PRODUCTION_QUEUE) as broker:
         env = {
@@ -67,7 +67,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(tmp_path: Path) -> None:
         first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         _wait_for_line(first, b"subscribed to")
         publisher = publish_in_background(broker.port, sent, rate=2000)
-        time.sleep(1.2)
+        deadline = time.monotonic() + 20
+        while not any(store_dir.rglob("*.ndjson.gz")) and time.monotonic() < deadline:
+            time.sleep(0.01)  # kill it right after its first durable write
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         stored_before = sum(stored(LocalStore(store_dir)).values())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dagster import Definitions, SensorResult, build_sensor_context, instance_for_test
 
-from data_acq.defs.assets import curated, raw_messages, staged_raw
+from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
 from data_acq.defs.jobs import curate_job, stage_job
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, PipelineQueue
 from data_acq.defs.sensors import build_processing_sensors
@@ -28,7 +28,7 @@ def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> Non
     store = LocalStore(tmp_path / "store")
     storage = LocalStorage(root=str(store.root))
     defs = Definitions(
-        assets=[raw_messages, staged_raw, curated],
+        assets=[raw_messages, staged_raw, curated, daily_charts],
         jobs=[stage_job, curate_job],
         sensors=[new_raw_sensor, curation_sensor],
         resources={
@@ -77,6 +77,7 @@ def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> Non
             "energy_daily",
             "completeness_daily",
             "warehouse",
+            "daily_charts",
         }
         checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
         assert checks["duplicates_removed"] is True
@@ -95,3 +96,7 @@ def test_stage_sense_and_curate_exactly_the_touched_dates(tmp_path: Path) -> Non
         )
         assert isinstance(again, SensorResult) and again.run_requests == []  # all staged
     assert (store.root / "warehouse.duckdb").exists()
+    charts = sorted((store.root / "curated" / "charts" / "date=2024-10-13").glob("site=*.png"))
+    assert len(charts) == 2 and all(c.read_bytes().startswith(b"\x89PNG") for c in charts)
+    preview = run.asset_materializations_for_node("daily_charts")[0].metadata["preview"].value
+    assert str(preview).count("data:image/png;base64,") == 2

@@ -1,5 +1,6 @@
 """Assets: what data-acq produces, as the Dagster UI shows it."""
 
+import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -19,6 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from data_acq.charts import write_charts
 from data_acq.defs.resources import MQTTBroker, PipelineQueue, Storage
 from data_acq.drain import Drain, DrainLimits, DrainStats
 from data_acq.pipeline_queue import send_new_documents
@@ -109,6 +111,7 @@ CURATED_ASSETS = {
     "completeness_daily": "Per site: payloads expected at one a minute, received, ratio, gaps.",
 }
 MAX_REJECTED_SHARE = 0.01
+PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the folder
 MIN_COMPLETENESS = 0.95
 
 
@@ -273,4 +276,30 @@ def curated_results(
             if built.last_payload
             else "none",
         },
+    )
+
+
+@asset(
+    partitions_def=daily,
+    deps=["readings_15min", "energy_daily"],
+    group_name="processing",
+    kinds={"matplotlib"},
+    description="A daily chart per site (power through the day, counters' gain since midnight), "
+    "PNG under curated/charts/date=D/site=S.png; the first ones are shown in the metadata.",
+)
+def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+    store = storage.store()
+    day = date.fromisoformat(context.partition_key)
+    keys = write_charts(store, day, progress=context.log.info)
+    previews = "\n\n".join(
+        f"**{key.rsplit('site=', 1)[1].removesuffix('.png')}**\n\n"
+        f"![chart](data:image/png;base64,{base64.b64encode(store.get(key)).decode()})"
+        for key in keys[:PREVIEW_CHARTS]
+    )
+    return MaterializeResult(
+        metadata={
+            "charts": len(keys),
+            "folder": MetadataValue.path(store.url(f"{CURATED}charts/date={day.isoformat()}/")),
+            "preview": MetadataValue.md(previews or "no data for this date"),
+        }
     )

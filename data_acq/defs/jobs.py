@@ -3,7 +3,7 @@
 from dagster import AssetSelection, OpExecutionContext, Output, define_asset_job, job, op
 
 from data_acq.broker import connect, make_client
-from data_acq.defs.assets import curated, raw_messages, staged_raw
+from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
 from data_acq.defs.resources import MQTTBroker
 
 
@@ -51,6 +51,7 @@ stage_job = define_asset_job(
 
 curate_job = define_asset_job(
     "curate_date",
-    selection=AssetSelection.assets(curated),
-    description="Rebuild one measurement date: curated tables, aggregates, checks, warehouse.",
+    selection=AssetSelection.assets(curated, daily_charts),
+    description="Rebuild one measurement date: curated tables, aggregates, checks, warehouse, "
+    "charts.",
 )
