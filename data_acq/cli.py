@@ -241,9 +241,12 @@ def cmd_process(args: argparse.Namespace) -> None:
                 store, built.day, boto3.client("sqs"), settings.pipeline_queue_url
             )
             log.info("%s: sent %d new pipeline documents to SQS", built.day, sent.sent)
-    if isinstance(store, LocalStore) and result.dates:
-        path = refresh_warehouse(store.root, [b.day for b in result.dates])
-        log.info("warehouse: %s", path)
+    if not result.dates:
+        return
+    if isinstance(store, LocalStore):
+        log.info("warehouse: %s", refresh_warehouse(store.root, [b.day for b in result.dates]))
+    else:
+        log.warning("warehouse.duckdb is built for local storage only; see docs/analysts.md for S3")
 
 
 # --- demo -------------------------------------------------------------------------------------
