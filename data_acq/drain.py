@@ -5,10 +5,11 @@ paho's network thread; the calling thread flushes the batch to raw storage and o
 acknowledges its messages. Until then the broker holds them, so a crash at any point causes
 redelivery, never loss.
 
-Brokers cap unacknowledged deliveries (Mosquitto: 20 by default), so a batch must not wait to
-fill up: it is flushed when it is big enough, when it is old enough, or when the stream goes
-quiet -- "quiet" meaning a silence ten times the recent gap between messages, which is how a
-broker waiting for acknowledgements looks from this side.
+Brokers cap unacknowledged deliveries (Mosquitto: 20 for MQTT 3.1.1 clients by default; on v5,
+the client's Receive Maximum), so a batch must not wait to fill up: it is flushed when it is big
+enough, when it is old enough, or when the stream goes quiet -- "quiet" meaning a silence ten
+times the recent gap between messages, which is how a broker waiting for acknowledgements looks
+from this side.
 """
 
 from __future__ import annotations
