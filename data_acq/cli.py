@@ -27,8 +27,8 @@ from data_acq.process import process
 from data_acq.raw import RAW_PREFIX
 from data_acq.settings import Settings, SettingsError
 from data_acq.simulate import SimulationSpec, parse_start, simulate
-from data_acq.storage import LocalStore, open_store
-from data_acq.warehouse import refresh_warehouse
+from data_acq.storage import open_store
+from data_acq.warehouse import refresh_warehouse_in
 
 log = logging.getLogger("data_acq")
 
@@ -241,12 +241,8 @@ def cmd_process(args: argparse.Namespace) -> None:
                 store, built.day, boto3.client("sqs"), settings.pipeline_queue_url
             )
             log.info("%s: sent %d new pipeline documents to SQS", built.day, sent.sent)
-    if not result.dates:
-        return
-    if isinstance(store, LocalStore):
-        log.info("warehouse: %s", refresh_warehouse(store.root, [b.day for b in result.dates]))
-    else:
-        log.warning("warehouse.duckdb is built for local storage only; see docs/analysts.md for S3")
+    if result.dates:
+        log.info("warehouse: %s", refresh_warehouse_in(store, [b.day for b in result.dates]))
 
 
 # --- demo -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ put (`If-None-Match: *`).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,14 @@ class ObjectStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes: ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a (possibly large) local file under `key`, replacing what was there."""
+        ...
+
+    def get_file(self, key: str, path: Path) -> bool:
+        """Copy `key` to the local `path`; False when there is no such object."""
+        ...
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under `prefix`, in lexical order."""
@@ -87,6 +96,21 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def get_file(self, key: str, path: Path) -> bool:
+        source = self._path(key)
+        if not source.is_file():
+            return False
+        shutil.copyfile(source, path)
+        return True
+
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix
         folder = base if base.is_dir() else base.parent
@@ -127,6 +151,18 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))  # multipart when large
+
+    def get_file(self, key: str, path: Path) -> bool:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return False
+            raise
+        return True
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         strip = len(self._key(""))

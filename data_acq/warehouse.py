@@ -1,11 +1,13 @@
 """The analysts' DuckDB file: one table per curated dataset, refreshed date by date.
 
 Tables, not views over Parquet paths: the file then answers SQL from any working directory and
-keeps working when copied elsewhere. Refreshing a date deletes and re-inserts that date only.
+keeps working when copied elsewhere, and the same file works for S3 storage without DuckDB's
+httpfs extension. Refreshing a date deletes and re-inserts that date only.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterable
 from datetime import date
@@ -16,6 +18,7 @@ import polars as pl
 
 from data_acq.flatten import READINGS_SCHEMA, REJECTS_SCHEMA, STATUS_SCHEMA, TIME
 from data_acq.process import CURATED
+from data_acq.storage import LocalStore, ObjectStore
 
 WAREHOUSE_FILE = "warehouse.duckdb"
 # table -> whether its curated files are split by site (hive folder site=...)
@@ -102,3 +105,25 @@ def refresh_warehouse(root: Path, dates: Iterable[date]) -> Path:
                 )
                 con.execute(f'insert into "{table}" by name {source}', [[str(f) for f in files]])
     return path
+
+
+def refresh_warehouse_in(store: ObjectStore, dates: Iterable[date]) -> str:
+    """`refresh_warehouse` for any store: in place for a local folder; for S3, on a local copy
+    of the file and of the dates' curated objects, uploaded back when done. Two refreshes of an
+    S3 warehouse must not overlap (the curated assets share the `warehouse` pool for that)."""
+    days = sorted(set(dates))
+    if isinstance(store, LocalStore):
+        return str(refresh_warehouse(store.root, days))
+    with tempfile.TemporaryDirectory(prefix="data-acq-warehouse-") as tmp:
+        root = Path(tmp)
+        store.get_file(WAREHOUSE_FILE, root / WAREHOUSE_FILE)
+        for table in TABLES:
+            for day in days:
+                for key in store.list_keys(f"{CURATED}{table}/date={day.isoformat()}/"):
+                    if key.endswith(".parquet"):
+                        target = root / key
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(store.get(key))
+        refresh_warehouse(root, days)
+        store.put_file(WAREHOUSE_FILE, root / WAREHOUSE_FILE)
+    return store.url(WAREHOUSE_FILE)

@@ -30,7 +30,7 @@ from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
 from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore, ObjectStore, S3Store
-from data_acq.warehouse import refresh_warehouse
+from data_acq.warehouse import refresh_warehouse, refresh_warehouse_in
 from data_acq_tests.conftest import MotoS3
 from data_acq_tests.drain_helpers import publish_in_background, start_drain
 
@@ -171,6 +171,25 @@ def test_the_same_pipeline_on_s3(moto_s3: MotoS3, tmp_path: Path) -> None:
     assert any(
         k.startswith(f"{CURATED}readings/date=2024-10-12/site=") for k in s3.list_keys(CURATED)
     )
+    # the warehouse: the same tables, built on a local copy and uploaded next to the data
+    location = refresh_warehouse_in(s3, [d.day for d in on_s3.dates])
+    assert location == "s3://process-bucket/acq/warehouse.duckdb"
+    local_file = Path(refresh_warehouse_in(local, [d.day for d in on_disk.dates]))
+    copy = tmp_path / "from-s3.duckdb"
+    assert s3.get_file("warehouse.duckdb", copy)
+    counts = "select (select count(*) from readings), (select count(*) from energy_daily)"
+    with duckdb.connect(str(copy), read_only=True) as a:
+        from_s3 = a.execute(counts).fetchone()
+    with duckdb.connect(str(local_file), read_only=True) as b:
+        assert from_s3 == b.execute(counts).fetchone()
+    # a later date refreshed on S3 keeps what the file already held
+    spec = SimulationSpec(sites=2, start=datetime(2024, 10, 14, tzinfo=UTC), minutes=30, seed=5)
+    _put_raw(s3, list(simulate(spec)), datetime(2024, 10, 14, 1, tzinfo=UTC))
+    refresh_warehouse_in(s3, [d.day for d in process(s3).dates])
+    assert s3.get_file("warehouse.duckdb", copy)
+    with duckdb.connect(str(copy), read_only=True) as con:
+        days = con.execute("select distinct date from readings order by date").fetchall()
+    assert [d for (d,) in days] == [date(2024, 10, 12), date(2024, 10, 14)]
 
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:

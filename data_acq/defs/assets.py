@@ -26,8 +26,8 @@ from data_acq.drain import Drain, DrainLimits, DrainStats
 from data_acq.pipeline_queue import send_new_documents
 from data_acq.process import CURATED, DateResult, build_date, new_raw_keys, stage
 from data_acq.raw import RAW_PREFIX
-from data_acq.storage import LocalStore, ObjectStore
-from data_acq.warehouse import refresh_warehouse
+from data_acq.storage import ObjectStore
+from data_acq.warehouse import refresh_warehouse_in
 
 PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()
@@ -155,10 +155,11 @@ def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeR
             group_name="processing",
             kinds={"duckdb"},
             description="DuckDB file <storage>/warehouse.duckdb with one table per curated dataset "
-            "(local storage; see docs/analysts.md).",
+            "(see docs/analysts.md).",
         )
     ],
     partitions_def=daily,
+    pool="warehouse",  # refreshes of one warehouse file must not overlap: limit this pool to 1
     check_specs=[
         AssetCheckSpec(
             "rejected_share",
@@ -200,14 +201,8 @@ def curated(
             f"sent {sent.sent} new pipeline documents ({sent.already_sent} sent before)"
         )
     yield from curated_results(store, built)
-    if isinstance(store, LocalStore):
-        path = refresh_warehouse(store.root, [day])
-        yield MaterializeResult(
-            asset_key="warehouse", metadata={"path": MetadataValue.path(str(path))}
-        )
-    else:
-        context.log.warning("warehouse: built for local storage only (see docs/analysts.md for S3)")
-        yield MaterializeResult(asset_key="warehouse", metadata={"built": False})
+    location = refresh_warehouse_in(store, [day])
+    yield MaterializeResult(asset_key="warehouse", metadata={"path": MetadataValue.path(location)})
 
 
 def curated_results(
