@@ -39,7 +39,8 @@ drain_job = define_asset_job(
         "One drain window: the subscription's topics into raw storage, acknowledged only once "
         "stored. Started and restarted by the drain sensor, one run per subscription."
     ),
-    tags={"data_acq/kind": "drain"},
+    # where run retries are on (deploy/dagster.yaml), a failed drain is retried at once
+    tags={"data_acq/kind": "drain", "dagster/max_retries": "2"},
 )
 
 
