@@ -32,7 +32,7 @@ from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore, ObjectStore, S3Store
 from data_acq.warehouse import refresh_warehouse, refresh_warehouse_in
 from data_acq_tests.conftest import MotoS3
-from data_acq_tests.drain_helpers import publish_in_background, start_drain
+from data_acq_tests.drain_helpers import start_drain
 
 Sent = list[tuple[str, bytes]]
 
@@ -76,8 +76,8 @@ def _expected(sent: Sent) -> tuple[set, set, dict]:
 
 
 def _messages() -> Sent:
-    """Three sites over two days with duplicates, malformed messages, and an outage whose
-    backlog arrives hours late."""
+    """Four sites over two days with duplicates, malformed messages and an outage whose backlog
+    arrives hours late; then one site's backlog from three days earlier."""
     spec = SimulationSpec(
         sites=4,
         start=datetime(2024, 10, 12, 20, tzinfo=UTC),
@@ -87,7 +87,26 @@ def _messages() -> Sent:
         outage_minutes=150,
         malformed_rate=0.01,
     )
-    return list(simulate(spec))
+    old = SimulationSpec(
+        sites=1, start=datetime(2024, 10, 9, 10, tzinfo=UTC), minutes=90, seed=12, outage_sites=0
+    )
+    # mosquitto_pub -l sends one message per line: an empty payload cannot be written as one
+    return [m for m in [*simulate(spec), *simulate(old)] if m[1]]
+
+
+def _mosquitto_pub(port: int, messages: Sent) -> None:
+    """Publish with Debian's mosquitto_pub (QoS 1): one process per topic, each site's messages
+    in the order the simulator delivers them (its late backlog last)."""
+    by_topic: dict[str, list[bytes]] = defaultdict(list)
+    for topic, body in messages:
+        by_topic[topic].append(body)
+    for topic, bodies in by_topic.items():
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(port), "-q", "1", "-t", topic, "-l"],
+            input=b"\n".join(bodies) + b"\n",
+            check=True,
+            timeout=60,
+        )
 
 
 def _warehouse_counts(path: Path) -> dict[str, int]:
@@ -103,10 +122,11 @@ def test_mosquitto_drain_process_warehouse_is_exact(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
         settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="drain-process")
-        drain = start_drain(settings, store, idle_exit_s=2)
-        publish_in_background(broker.port, sent, rate=3000).join(60)
+        drain = start_drain(settings, store, idle_exit_s=3)
+        _mosquitto_pub(broker.port, sent)
         drain.join()
     result = process(store)
+    assert date(2024, 10, 9) in {d.day for d in result.dates}  # the old backlog's date
     assert result.staged is not None and result.staged.messages >= len(sent)
     warehouse = refresh_warehouse(store.root, [d.day for d in result.dates])
     readings, status, energy = _expected(sent)
