@@ -19,7 +19,7 @@ from dagster import (
 from dagster._core.utils import make_new_run_id
 
 from data_acq.defs.assets import raw_messages
-from data_acq.defs.jobs import drain_job
+from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
 from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s
 from data_acq.local_broker import LocalMosquitto
@@ -158,3 +158,19 @@ def test_drain_job_run_materializes_raw_with_metadata(
     assert metadata["max_lag_s"] > 0 and str(tmp_path / "store" / "raw") in str(
         metadata["raw_root"]
     )
+
+
+def test_run_retention_deletes_only_old_finished_runs(instance: DagsterInstance) -> None:
+    finished = _add_run(instance, DagsterRunStatus.SUCCESS)
+    running = _add_run(instance, DagsterRunStatus.STARTED)
+    keep = purge_old_runs.execute_in_process(
+        instance=instance, run_config={"ops": {"delete_old_runs": {"config": {"days": 90}}}}
+    )
+    assert keep.output_for_node("delete_old_runs") == 0
+    time.sleep(0.01)
+    purge = purge_old_runs.execute_in_process(
+        instance=instance, run_config={"ops": {"delete_old_runs": {"config": {"days": 0}}}}
+    )
+    assert purge.output_for_node("delete_old_runs") == 2  # the finished run and the first purge
+    assert instance.get_run_by_id(finished.run_id) is None
+    assert instance.get_run_by_id(running.run_id) is not None

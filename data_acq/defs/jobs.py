@@ -1,6 +1,19 @@
 """Jobs for operators."""
 
-from dagster import AssetSelection, OpExecutionContext, Output, define_asset_job, job, op
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    AssetSelection,
+    Config,
+    DagsterRunStatus,
+    OpExecutionContext,
+    Output,
+    RunsFilter,
+    define_asset_job,
+    job,
+    op,
+)
+from pydantic import Field
 
 from data_acq.broker import connect, make_client
 from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
@@ -56,3 +69,29 @@ curate_job = define_asset_job(
     description="Rebuild one measurement date: curated tables, aggregates, checks, warehouse, "
     "charts.",
 )
+
+
+class RunRetention(Config):
+    days: int = Field(default=90, description="Finished runs older than this are deleted")
+
+
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+@op(description="Delete finished runs (and their event logs) older than the retention period.")
+def delete_old_runs(context: OpExecutionContext, config: RunRetention) -> Output[int]:
+    cutoff = datetime.now(UTC) - timedelta(days=config.days)
+    deleted = 0
+    while records := context.instance.get_run_records(
+        filters=RunsFilter(statuses=FINISHED, created_before=cutoff), limit=500
+    ):
+        for record in records:
+            context.instance.delete_run(record.dagster_run.run_id)
+        deleted += len(records)
+    context.log.info(f"deleted {deleted} runs created before {cutoff:%Y-%m-%d %H:%M} UTC")
+    return Output(deleted, metadata={"deleted_runs": deleted, "cutoff": cutoff.isoformat()})
+
+
+@job(description="Run retention: drains alone make 144 runs a day per subscription.")
+def purge_old_runs() -> None:
+    delete_old_runs()
