@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import polars as pl
 
-from data_acq.process import COUNTER_FIELDS, CURATED
+from data_acq.process import COUNTER_FIELDS, CURATED, read_parquets
 from data_acq.storage import ObjectStore
 
 POWER_FIELD = "P_total"
@@ -72,11 +72,7 @@ def write_charts(
 ) -> list[str]:
     """Draw every site's chart for `day` from its 15-minute aggregates; return their keys."""
     prefix = f"{CURATED}readings_15min/date={day.isoformat()}/"
-    frames = [
-        pl.read_parquet(io.BytesIO(store.get(key)))
-        for key in store.list_keys(prefix)
-        if key.endswith(".parquet")
-    ]
+    frames = read_parquets(store, prefix)
     if not frames:
         return []
     quarter_hours = pl.concat(frames)

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from data_acq.process import CURATED
+from data_acq.process import CURATED, to_parquet
 from data_acq.storage import ObjectStore
 
 SQS_BATCH = 10  # SendMessageBatch takes at most ten messages
@@ -52,11 +52,7 @@ def send_new_documents(store: ObjectStore, day: date, sqs: Any, queue_url: str) 
     sent_key = f"{CURATED}pipeline_payloads/date={day.isoformat()}/_sent.parquet"
     try:
         already = pl.read_parquet(io.BytesIO(store.get(sent_key)))
-    except (FileNotFoundError, KeyError):
-        already = pl.DataFrame(schema={"sha1": pl.String})
-    except Exception as exc:  # S3's NoSuchKey comes as a ClientError
-        if "NoSuchKey" not in str(exc):
-            raise
+    except FileNotFoundError:  # nothing sent for this date yet
         already = pl.DataFrame(schema={"sha1": pl.String})
     documents = _documents(store, day)
     new = documents.join(already, on="sha1", how="anti").unique("sha1", maintain_order=True)
@@ -83,7 +79,5 @@ def send_new_documents(store: ObjectStore, day: date, sqs: Any, queue_url: str) 
     finally:
         if done:
             remembered = pl.concat([already, pl.DataFrame({"sha1": done})])
-            buffer = io.BytesIO()
-            remembered.write_parquet(buffer)
-            store.put(sent_key, buffer.getvalue())
+            store.put(sent_key, to_parquet(remembered))
     return SendResult(sent=len(done), already_sent=documents.height - new.height)

@@ -99,13 +99,13 @@ class DateResult:
         return self.rejected_payloads / total if total else 0.0
 
 
-def _to_parquet(frame: pl.DataFrame) -> bytes:
+def to_parquet(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd")
     return buffer.getvalue()
 
 
-def _read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
+def read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
     return [
         pl.read_parquet(io.BytesIO(store.get(key)))
         for key in store.list_keys(prefix)
@@ -168,7 +168,7 @@ def stage(
                     f"{STAGING}{name}/date={day_text}/bucket={bucket:02d}/"
                     f"{result.batch}-{number:04d}.parquet"
                 )
-                store.put(key, _to_parquet(part.drop("_date", "_bucket", "_when", strict=False)))
+                store.put(key, to_parquet(part.drop("_date", "_bucket", "_when", strict=False)))
                 result.rows[name] = result.rows.get(name, 0) + part.height
                 if day:
                     result.dates.add(day)
@@ -187,7 +187,7 @@ def stage(
 
 
 def _staged(store: ObjectStore, table: str, day: date, bucket: str) -> pl.DataFrame | None:
-    frames = _read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/{bucket}/")
+    frames = read_parquets(store, f"{STAGING}{table}/date={day.isoformat()}/{bucket}/")
     return pl.concat(frames, how="vertical_relaxed") if frames else None
 
 
@@ -205,7 +205,7 @@ def _buckets(store: ObjectStore, day: date) -> list[str]:
 def _write_by_site(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
     for (site,), part in frame.partition_by("site", as_dict=True).items():
         key = f"{CURATED}{table}/date={day.isoformat()}/site={site or 'unknown'}/part-0.parquet"
-        store.put(key, _to_parquet(part.drop("site")))
+        store.put(key, to_parquet(part.drop("site")))
 
 
 def build_date(store: ObjectStore, day: date) -> DateResult:
@@ -296,7 +296,7 @@ def _build_readings(
     quarter_hours = readings_15min(readings)
     number = bucket.removeprefix("bucket=")
     key = f"{CURATED}readings_15min/date={day.isoformat()}/part-{number}.parquet"
-    store.put(key, _to_parquet(quarter_hours))
+    store.put(key, to_parquet(quarter_hours))
     _add(result, "readings_15min", quarter_hours.height)
     per_date["energy_daily"].append(energy_daily(readings, day))
 
@@ -304,7 +304,7 @@ def _build_readings(
 def _put_dated(store: ObjectStore, table: str, day: date, frame: pl.DataFrame) -> None:
     """One file per date; the date is in the folder name (hive style), not repeated inside."""
     key = f"{CURATED}{table}/date={day.isoformat()}/part-0.parquet"
-    store.put(key, _to_parquet(frame.drop("date", strict=False)))
+    store.put(key, to_parquet(frame.drop("date", strict=False)))
 
 
 # --- aggregates -------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ class ObjectStore(Protocol):
         """Store `data` under `key`, replacing what was there (curated outputs only)."""
         ...
 
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError when there is none."""
+        ...
 
     def put_file(self, key: str, path: Path) -> None:
         """Store a (possibly large) local file under `key`, replacing what was there."""
@@ -150,7 +152,13 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(self.url(key)) from None
+            raise
+        return answer["Body"].read()
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))  # multipart when large

@@ -29,6 +29,8 @@ def test_s3_store_never_overwrites(moto_s3: MotoS3) -> None:
     with pytest.raises(ObjectExists):
         store.put_new("raw/x.ndjson.gz", b"second")
     assert store.get("raw/x.ndjson.gz") == b"first"
+    with pytest.raises(FileNotFoundError, match="s3://store-bucket/acq/raw/missing"):
+        store.get("raw/missing")
     assert list(store.list_keys("raw/")) == ["raw/x.ndjson.gz"]
     assert store.url("raw/") == "s3://store-bucket/acq/raw/"
 
