@@ -136,19 +136,34 @@ def connect(
         previous(client, client.user_data_get(), answer["flags"], reason, None)
 
 
-def subscribe_on_connect(client: mqtt.Client, topics: tuple[str, ...], qos: int = 1) -> None:
-    """(Re)subscribe every time the connection comes up, and log connection changes."""
+def subscribe_on_connect(
+    client: mqtt.Client,
+    topics: tuple[str, ...],
+    qos: int = 1,
+    on_change: Callable[[bool], None] | None = None,
+) -> None:
+    """(Re)subscribe every time the connection comes up, and log connection changes.
 
-    def on_connect(c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+    `on_change(up)` is told of each connect (before subscribing) and each disconnect.
+    """
+
+    def on_connect(
+        c: mqtt.Client, _u: object, flags: object, reason: ReasonCode, _p: object
+    ) -> None:
         if reason.is_failure:
             log.error("broker refused the reconnection: %s", reason)
             return
+        if on_change:
+            on_change(True)
         c.subscribe([(topic, qos) for topic in topics])
-        log.info("connected; subscribed to %s", ", ".join(topics))
+        present = getattr(flags, "session_present", None)
+        log.info("connected (session present: %s); subscribed to %s", present, ", ".join(topics))
 
     def on_disconnect(
         _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
+        if on_change:
+            on_change(False)
         if reason.is_failure:
             log.warning("connection lost (%s); reconnecting with backoff", reason)
 

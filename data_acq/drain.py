@@ -24,9 +24,8 @@ from pathlib import Path
 
 import msgspec
 import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
 
-from data_acq.broker import BrokerError, connect, make_client
+from data_acq.broker import BrokerError, connect, make_client, subscribe_on_connect
 from data_acq.messages import encode_record, site_of
 from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
@@ -145,22 +144,10 @@ class Drain:
 
     # --- paho's network thread ----------------------------------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: object, flags: object, reason: ReasonCode, _p: object
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker refused the reconnection: %s", reason)
-            return
+    def _connection_changed(self, up: bool) -> None:
         with self._cond:
-            self._connection += 1
-            self._connected = True
-        present = getattr(flags, "session_present", None)
-        client.subscribe([(topic, 1) for topic in self.broker.topics])
-        log.info(
-            "connected (session present: %s); subscribed to %s",
-            present,
-            ", ".join(self.broker.topics),
-        )
+            self._connection += 1  # acknowledgements of earlier deliveries are void now
+            self._connected = up
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, reasons: list, _p: object
@@ -176,15 +163,6 @@ class Drain:
             self._cond.notify()
         if not refused:
             self.subscribed.set()
-
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
-    ) -> None:
-        with self._cond:
-            self._connection += 1  # acknowledgements of earlier deliveries are void now
-            self._connected = False
-        if reason.is_failure:
-            log.warning("connection lost (%s); reconnecting with backoff", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         received_at = datetime.now(UTC)
@@ -314,8 +292,7 @@ class Drain:
     def run(self) -> DrainStats:
         limits = self.limits
         client = make_client(self.broker, self.ca_file, persistent=True, manual_ack=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        subscribe_on_connect(client, self.broker.topics, on_change=self._connection_changed)
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         connect(
