@@ -3,13 +3,18 @@
 Two routes, one answer. Well-formed payloads (nearly all of them) go through msgspec's typed
 decoder, which parses and type-checks in C. Anything it refuses is re-read by a slower, careful
 validator that says exactly what is wrong and keeps every reading that can be kept.
-Whatever the bytes, the result is a value, never an exception.
+Whatever the bytes, the result is a value, never an exception: sizes and nesting are bounded
+before any parser sees the bytes (Python's json and msgspec recurse, and raise RecursionError
+near the interpreter's limit, which depends on how deep the caller's stack already is), and a
+value that cannot be stored as what it claims to be (an integer beyond 64-bit floats, a number
+that overflows to infinity, text with a lone UTF-16 surrogate) is skipped with its reason.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -18,6 +23,11 @@ import msgspec
 # Payload times outside this window are not measurements: 2000-01-01 .. 2100-01-01 UTC.
 T_MIN = 946_684_800
 T_MAX = 4_102_444_800
+# A payload is a few KB; a site with hundreds of devices stays far below these.
+MAX_PAYLOAD_BYTES = 1 << 20
+MAX_DEPTH = 64  # nesting levels of arrays and objects; a payload needs 4
+INT64 = (-(2**63), 2**63 - 1)  # a status level is stored as a 64-bit integer
+FLOAT_MAX = 1.7976931348623157e308
 
 Scalar = Union[int, float, str, bool, None]  # noqa: UP007 - msgspec needs a runtime Union
 
@@ -63,15 +73,67 @@ class Payload:
     skipped: list[Rejection] = field(default_factory=list)
 
 
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+
+
+def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` levels deep.
+
+    The number of opening brackets bounds the depth from above, so the scan (which skips
+    strings) only runs for payloads with more than `limit` of them: rare, and then a few
+    microseconds a kilobyte.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    for char in _STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        if char == 0x5B or char == 0x7B:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def size_problem(data: bytes) -> Rejection | None:
+    """Why `data` must not go to a JSON parser at all (too large, nested too deeply), if so."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        return Rejection(
+            "$", f"payload is {len(data):,} bytes, more than the limit of {MAX_PAYLOAD_BYTES:,}"
+        )
+    if too_deep(data):
+        return Rejection("$", f"nested more than {MAX_DEPTH} levels deep")
+    return None
+
+
+# Numbers that may not fit their column (19+ digits, 3-digit exponents) and escaped UTF-16
+# surrogates: only payloads that contain one of these get the value-by-value check.
+_SUSPECT = re.compile(rb"\d{19}|[eE][+-]?\d{3}|\\u[dD][89a-fA-F]")
+
+
 def parse_payload(data: bytes | bytearray | memoryview | str) -> Payload | Rejection:
     """Parse and validate one message body."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
+    data = bytes(data)
+    problem = size_problem(data)
+    if problem is not None:
+        return problem
+    suspect = _SUSPECT.search(data) is not None
+    try:
+        return _parse(data, suspect)
+    except RecursionError:  # the caller's stack was already deep; the bound is far below
+        return Rejection("$", "nested too deeply for the parser")
+
+
+def _parse(data: bytes, suspect: bool) -> Payload | Rejection:
     try:
         typed = _typed_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         # UnicodeDecodeError: msgspec raises it for invalid UTF-8 inside an object key
-        return _parse_carefully(bytes(data))
+        return _parse_carefully(data, suspect)
     if not T_MIN <= typed.t < T_MAX:
         return Rejection("$.t", _absurd_t(typed.t))
     readings: list[dict[str, Any]] = []
@@ -83,8 +145,60 @@ def parse_payload(data: bytes | bytearray | memoryview | str) -> Payload | Rejec
             continue
         if "_s" in reading or list in map(type, reading.values()):
             _drop_misplaced_arrays(reading, f"$.r[{i}]", skipped)
+        if suspect and not _storable(reading, f"$.r[{i}]", skipped):
+            continue
         readings.append(reading)
     return Payload(typed.t, readings, skipped)
+
+
+def _storable(reading: dict[str, Any], path: str, skipped: list[Rejection]) -> bool:
+    """Drop what no column can hold: numbers beyond 64-bit floats, status levels beyond 64-bit
+    integers, text that is not valid Unicode. False when the reading itself cannot be placed.
+    Only called for suspect payloads."""
+    bad_id = next((k for k in ("_vid", "_d") if _unstorable(reading.get(k))), None)
+    if bad_id is not None:
+        skipped.append(Rejection(path, f"{bad_id} is not valid Unicode text"))
+        return False
+    for key, value in list(reading.items()):
+        if key in ("_s", "_vid", "_d"):
+            continue
+        why = "field name is not valid Unicode text" if _unstorable(key) else _unstorable(value)
+        if why:
+            skipped.append(Rejection(f"{path}.{_printable(key)}", why))
+            del reading[key]
+    statuses = reading.get("_s")
+    if statuses:
+        kept = []
+        for j, status in enumerate(statuses):
+            why = _unstorable(status.c) or (
+                None
+                if status.l is None or INT64[0] <= status.l <= INT64[1]
+                else "status level does not fit a 64-bit integer"
+            )
+            if why:
+                skipped.append(Rejection(f"{path}._s[{j}]", why))
+            else:
+                kept.append(status)
+        reading["_s"] = kept
+    return True
+
+
+def _unstorable(value: Any) -> str | None:
+    if value.__class__ is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text is not valid Unicode (a lone UTF-16 surrogate)"
+        return None
+    if value.__class__ is float:
+        return None if math.isfinite(value) else "number overflows a 64-bit float"
+    if value.__class__ is int and not -FLOAT_MAX <= value <= FLOAT_MAX:
+        return "integer does not fit a 64-bit float"
+    return None
+
+
+def _printable(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 
 def _drop_misplaced_arrays(reading: dict[str, Any], path: str, skipped: list[Rejection]) -> None:
@@ -135,7 +249,7 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_carefully(data: bytes) -> Payload | Rejection:
+def _parse_carefully(data: bytes, suspect: bool) -> Payload | Rejection:
     """The slow route: explain what the typed decoder refused and keep what can be kept."""
     try:
         text = data.decode("utf-8")
@@ -191,6 +305,8 @@ def _parse_carefully(data: bytes) -> Payload | Rejection:
                 skipped.append(
                     Rejection(f"{path}.{key}", f"value is {_json_type(value)}, expected a scalar")
                 )
+        if suspect and not _storable(kept, path, skipped):
+            continue
         readings.append(kept)
     return Payload(t, readings, skipped)
 

@@ -8,6 +8,7 @@ deep in a batch is kept like any other.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,11 +65,13 @@ REJECTS_SCHEMA = pl.Schema(
         "received_at": TIME,
         "topic": pl.String,
         "site": pl.String,
-        "time": TIME,
+        "time": TIME,  # null when the whole payload was rejected
         "path": pl.String,
         "reason": pl.String,
+        "payload_sha1": pl.String,  # the payload's bytes: a redelivery has the same
     }
 )
+REJECT_KEY = ("topic", "payload_sha1", "path", "reason")  # one reject, however often delivered
 
 
 @dataclass(slots=True)
@@ -107,16 +110,27 @@ class _Columns:
         self.keys: list[str] = []
         self.values: list[Any] = []
         self.status: list[tuple[str | None, int, str, str | None, str | None, int | None]] = []
-        self.rejects: list[
-            tuple[int, datetime | None, str | None, str | None, int | None, str, str]
-        ] = []
+        self.rejects: list[tuple[Any, ...]] = []
         self.messages = 0
         self.accepted = 0
 
     def add(self, message: Message) -> None:
         self.messages += 1
         site = site_of(message.topic)
-        parsed = parse_payload(message.payload)
+        if message.error is not None:
+            self._reject(message, site, None, Rejection("$", message.error))
+            return
+        try:  # everything that could fail comes before the first append
+            parsed = parse_payload(message.payload)
+            document = (
+                _encode(to_pipeline(parsed)).decode()
+                if self.pipeline and not isinstance(parsed, Rejection)
+                else None
+            )
+        except Exception as exc:  # a bug must cost one message, not the batch
+            why = f"could not be processed ({type(exc).__name__}: {exc})"
+            self._reject(message, site, None, Rejection("$", why))
+            return
         if isinstance(parsed, Rejection):
             self._reject(message, site, None, parsed)
             return
@@ -124,8 +138,8 @@ class _Columns:
         t = parsed.t
         for skipped in parsed.skipped:
             self._reject(message, site, t, skipped)
-        if self.pipeline:  # before the readings are consumed below
-            self.p_document.append(_encode(to_pipeline(parsed)).decode())
+        if document is not None:
+            self.p_document.append(document)
         self.p_site.append(site)
         self.p_time.append(t)
         self.p_received.append(message.received_at)
@@ -143,6 +157,7 @@ class _Columns:
                 self.status.extend((site, t, vid, device, s.c, s.l) for s in statuses)
 
     def _reject(self, message: Message, site: str | None, t: int | None, why: Rejection) -> None:
+        digest = hashlib.sha1(message.payload, usedforsecurity=False).hexdigest()
         self.rejects.append(
             (
                 message.source,
@@ -153,6 +168,7 @@ class _Columns:
                 t,
                 why.path,
                 why.reason,
+                digest,
             )
         )
 

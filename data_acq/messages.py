@@ -2,6 +2,8 @@
 
 A `Message` is what the broker delivered: topic and exact payload bytes. `ref` points back to
 where it came from (a line number, or a raw record's position) so a rejection can be traced.
+A raw line that cannot be read at all still becomes a `Message`, with `error` saying why, so it
+is rejected like any bad payload instead of stopping the batch it is in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import datetime
 
 import msgspec
 
+from data_acq.contract import too_deep
+
 
 @dataclass(slots=True)
 class Message:
@@ -21,16 +25,18 @@ class Message:
     ref: int = 0  # line number in `source`
     received_at: datetime | None = None
     source: str | None = None  # the file or raw object it was read from
+    error: str | None = None  # why the stored line could not be read back, if it could not
 
 
 def site_of(topic: str | None) -> str | None:
-    """The logger's node id from `a/<node_id>/...`, else None."""
-    if not topic:
+    """The logger's node id from `a/<node_id>/...` (possibly empty: `a//u/data`), else None.
+
+    The id is kept exactly as it is in the topic: it is data, never a path (see `data_acq.sites`).
+    """
+    if not topic or not topic.startswith("a/"):
         return None
-    parts = topic.split("/", 2)
-    if len(parts) >= 2 and parts[0] == "a" and parts[1]:
-        return parts[1]
-    return None
+    node, _, rest = topic[2:].partition("/")
+    return node if rest else None
 
 
 def parse_line(line: bytes, ref: int = 0) -> Message:
@@ -97,7 +103,7 @@ def encode_record(
     # verbatim only when the line stays one line and the span decodes back to the same bytes
     if b"\n" not in payload and b"\r" not in payload and payload.strip() == payload:
         if is_json is None:
-            is_json = _is_json(payload)
+            is_json = embeddable_json(payload)
         if is_json:
             record.payload = msgspec.Raw(payload)
             return _record_encoder.encode(record) + b"\n"
@@ -105,10 +111,13 @@ def encode_record(
     return _record_encoder.encode(record) + b"\n"
 
 
-def _is_json(payload: bytes) -> bool:
+def embeddable_json(payload: bytes) -> bool:
+    """Valid JSON that can be embedded in a raw record and read back by any JSON parser."""
+    if too_deep(payload):
+        return False
     try:
         msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return True
 
@@ -125,15 +134,23 @@ def record_payload(record: RawRecord) -> bytes:
 
 
 def read_records(
-    lines: Iterable[bytes], first_ref: int = 0, source: str | None = None
+    lines: Iterable[bytes],
+    first_ref: int = 0,
+    source: str | None = None,
+    received_at: datetime | None = None,
 ) -> Iterator[Message]:
-    """Messages from raw-storage lines."""
+    """Messages from raw-storage lines; a line that cannot be read is a message with `error`
+    (received at `received_at`, the object's time, as far as anyone can tell)."""
     for ref, line in enumerate(lines, start=first_ref):
-        record = _record_decoder.decode(line)
-        yield Message(
-            record.topic,
-            record_payload(record),
-            ref,
-            datetime.fromisoformat(record.received_at),
-            source,
-        )
+        try:
+            record = _record_decoder.decode(line)
+            message = Message(
+                record.topic,
+                record_payload(record),
+                ref,
+                datetime.fromisoformat(record.received_at),
+                source,
+            )
+        except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+            message = Message(None, line, ref, received_at, source, f"unreadable raw record: {exc}")
+        yield message

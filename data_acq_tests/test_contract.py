@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_acq.contract import Payload, Rejection, parse_payload
+from data_acq.contract import MAX_PAYLOAD_BYTES, Payload, Rejection, parse_payload
 from data_acq_tests.conftest import CONTRACT, FIXTURES
 
 EXAMPLE = (FIXTURES / "example_payload.json").read_bytes()
@@ -132,9 +132,103 @@ def test_hostile_strings_are_plain_values() -> None:
     assert parsed.readings == [{"_vid": hostile, hostile: hostile}]
 
 
-def test_deeply_nested_json_is_rejected_not_crashed() -> None:
-    rejection = _reject(b"[" * 100_000 + b"]" * 100_000)
-    assert rejection.path == "$" and rejection.reason.startswith("not JSON")
+@pytest.mark.parametrize("depth", [65, 999, 1_000, 5_000, 100_000])
+@pytest.mark.parametrize("where", ["whole", "m", "value", "status"])
+def test_deep_nesting_anywhere_is_rejected_before_any_parser(depth: int, where: str) -> None:
+    deep = b"[" * depth + b"]" * depth
+    body = {
+        "whole": deep,
+        "m": b'{"t": 1728734580, "r": [], "m": {"x": ' + deep + b"}}",
+        "value": b'{"t": 1728734580, "r": [{"_vid": "a", "P": ' + deep + b"}]}",
+        "status": b'{"t": 1728734580, "r": [{"_vid": "a", "_s": [{"c": "x", "l": 1, "z": '
+        + deep
+        + b"}]}]}",
+    }[where]
+    assert str(_reject(body)) == "$: nested more than 64 levels deep"
+
+
+def test_nesting_within_the_bound_and_brackets_in_strings_are_fine() -> None:
+    inside_m = b"[" * 60 + b"]" * 60
+    text = "[" * 5_000  # brackets inside a string are text, not nesting
+    body = b'{"t": 1728734580, "r": [{"_vid": "a", "s": "%s"}], "m": %s}' % (
+        text.encode(),
+        inside_m,
+    )
+    parsed = parse_payload(body)
+    assert isinstance(parsed, Payload) and parsed.readings == [{"_vid": "a", "s": text}]
+
+
+def test_a_payload_beyond_the_size_limit_is_rejected() -> None:
+    body = b'{"t": 1728734580, "r": [], "m": "%s"}' % (b"x" * MAX_PAYLOAD_BYTES)
+    assert (
+        str(_reject(body)) == f"$: payload is {len(body):,} bytes, more than the limit of 1,048,576"
+    )
+
+
+HUGE = str(10**400)
+
+
+@pytest.mark.parametrize(
+    ("reading", "kept", "skipped"),
+    [
+        (
+            '{"_vid": "a", "P": 1, "x": ' + HUGE + "}",
+            {"_vid": "a", "P": 1},
+            "$.r[0].x: integer does not fit a 64-bit float",
+        ),
+        (
+            '{"_vid": "a", "P": 1, "x": -1e400}',
+            {"_vid": "a", "P": 1},
+            "$.r[0].x: number overflows a 64-bit float",
+        ),
+        ('{"_vid": "a", "x": 1180591620717411303424}', {"_vid": "a", "x": 2**70}, None),
+        (
+            f'{{"_vid": "a", "_s": [{{"c": "x", "l": {2**63}}}]}}',
+            {"_vid": "a", "_s": []},
+            "$.r[0]._s[0]: status level does not fit a 64-bit integer",
+        ),
+        (
+            '{"_vid": "a", "_s": [{"c": "x", "l": ' + HUGE + "}]}",
+            {"_vid": "a", "_s": []},
+            "$.r[0]._s[0]: status level does not fit a 64-bit integer",
+        ),
+        ('{"_vid": ' + HUGE + ', "P": 1}', None, "$.r[0]: _vid is an integer, expected a string"),
+        ('{"_vid": "a", "_d": ' + HUGE + "}", None, "$.r[0]: _d is an integer, expected a string"),
+        ('{"_vid": "a\\ud800", "P": 1}', None, "$.r[0]: _vid is not valid Unicode text"),
+        (
+            '{"_vid": "a", "P": "\\udfff"}',
+            {"_vid": "a"},
+            "$.r[0].P: text is not valid Unicode (a lone UTF-16 surrogate)",
+        ),
+        (
+            '{"_vid": "a", "\\ud800": 1}',
+            {"_vid": "a"},
+            "$.r[0].\\ud800: field name is not valid Unicode text",
+        ),
+        (
+            '{"_vid": "a", "_s": [{"c": "\\udc00", "l": 1}]}',
+            {"_vid": "a", "_s": []},
+            "$.r[0]._s[0]: text is not valid Unicode (a lone UTF-16 surrogate)",
+        ),
+        ('{"_vid": "a", "smile": "\\ud83d\\ude00"}', {"_vid": "a", "smile": "\U0001f600"}, None),
+    ],
+)
+def test_values_no_column_can_hold_are_skipped_with_a_reason(
+    reading: str, kept: dict | None, skipped: str | None
+) -> None:
+    parsed = parse_payload('{"t": 1728734580, "r": [' + reading + '], "m": {"n": ' + HUGE + "}}")
+    assert isinstance(parsed, Payload)
+    readings = [
+        {k: (v if k != "_s" else [(s.c, s.l) for s in v]) for k, v in r.items()}
+        for r in parsed.readings
+    ]
+    assert readings == ([] if kept is None else [kept])
+    assert [str(s) for s in parsed.skipped] == ([skipped] if skipped else [])
+
+
+@pytest.mark.parametrize("t", [HUGE, "1e400", "-" + HUGE, str(2**64)])
+def test_huge_times_are_rejected(t: str) -> None:
+    assert _reject('{"t": ' + t + ', "r": []}').path in ("$", "$.t")
 
 
 json_values = st.recursive(
