@@ -1,12 +1,13 @@
 """A daily chart per site: power through the day, and the energy the counters gained.
 
 Drawn from the curated 15-minute aggregates, so a chart costs no pass over the raw readings.
-One PNG per site and date under `curated/charts/date=D/site=S.png`.
+One PNG per site and date under `curated/charts/date=D/site=<site key>.png` (`data_acq.sites`).
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from datetime import date
 
@@ -17,25 +18,33 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import polars as pl
 
-from data_acq.process import COUNTER_FIELDS, CURATED, read_parquets
+from data_acq import layout
+from data_acq.process import COUNTER_FIELDS, read_parquets
 from data_acq.storage import ObjectStore
+
+# a site id or device name in a script the font lacks is drawn as boxes: not worth a warning
+warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
 POWER_FIELD = "P_total"
 MAX_LINES = 8
 
 
-def chart_key(day: date, site: str) -> str:
-    return f"{CURATED}charts/date={day.isoformat()}/site={site}.png"
+def _text(value: object, limit: int = 60) -> str:
+    """Logger-chosen text as plain text: `$` would start matplotlib's math mode (and can fail
+    to parse), a leading `_` hides a legend entry, and a site id can be very long."""
+    text = str(value).replace("$", r"\$")
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f" {text}" if text.startswith("_") else text
 
 
-def site_day_chart(quarter_hours: pl.DataFrame, site: str, day: date) -> bytes:
+def site_day_chart(quarter_hours: pl.DataFrame, site: str | None, day: date) -> bytes:
     """PNG: mean power per device (kW), and each counter's gain since midnight (kWh)."""
     figure, (power_axis, energy_axis) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     power = quarter_hours.filter(pl.col("field") == POWER_FIELD).sort("period")
     for (device,), part in list(power.partition_by("device", as_dict=True).items())[:MAX_LINES]:
-        power_axis.plot(part["period"], part["mean"] / 1000, label=device, linewidth=1.2)
+        power_axis.plot(part["period"], part["mean"] / 1000, label=_text(device), linewidth=1.2)
     power_axis.set_ylabel("power, kW (15-min mean)")
-    power_axis.set_title(f"{site} — {day.isoformat()} (UTC)")
+    power_axis.set_title(f"{_text(site)} — {day.isoformat()} (UTC)")
     counters = (
         quarter_hours.filter(pl.col("field").is_in(COUNTER_FIELDS))
         .sort("period")
@@ -52,7 +61,7 @@ def site_day_chart(quarter_hours: pl.DataFrame, site: str, day: date) -> bytes:
     for (vid, field), part in groups:
         total = part["gain"].max() or 0
         energy_axis.plot(
-            part["period"], part["gain"] / 1000, label=f"{vid} {field} ({total / 1000:,.1f})"
+            part["period"], part["gain"] / 1000, label=_text(f"{vid} {field} ({total / 1000:,.1f})")
         )
     energy_axis.set_ylabel("gain since midnight, thousands\n(kWh for Wh counters)")
     for axis in (power_axis, energy_axis):
@@ -69,10 +78,9 @@ def site_day_chart(quarter_hours: pl.DataFrame, site: str, day: date) -> bytes:
 
 def write_charts(
     store: ObjectStore, day: date, progress: Callable[[str], None] | None = None
-) -> list[str]:
-    """Draw every site's chart for `day` from its 15-minute aggregates; return their keys."""
-    prefix = f"{CURATED}readings_15min/date={day.isoformat()}/"
-    frames = read_parquets(store, prefix)
+) -> list[tuple[str | None, str]]:
+    """Draw every site's chart for `day` from its 15-minute aggregates; (site, key) of each."""
+    frames = read_parquets(store, layout.curated_prefix("readings_15min", day))
     if not frames:
         return []
     quarter_hours = pl.concat(frames)
@@ -80,9 +88,9 @@ def write_charts(
     sites = quarter_hours.partition_by("site", as_dict=True)
     ordered = sorted(sites.items(), key=lambda item: item[0][0] or "")
     for number, ((site,), part) in enumerate(ordered, start=1):
-        key = chart_key(day, site or "unknown")
-        store.put(key, site_day_chart(part, site or "unknown", day))
-        keys.append(key)
+        key = layout.chart_key(day, site)
+        store.put(key, site_day_chart(part, site, day))
+        keys.append((site, key))
         if progress and number % 100 == 0:
             progress(f"drew {number} of {len(sites)} charts for {day}")
     return keys

@@ -1,9 +1,14 @@
 """Hand pipeline-format documents to AMMP's downstream pipeline through an SQS queue.
 
-A date is rebuilt whenever late data touches it, so what was already sent is remembered per date
-(`curated/pipeline_payloads/date=D/_sent.parquet`, the SHA-1 of each document sent): a rebuild
-sends only the documents that are new. A crash between sending and remembering re-sends a few
-documents: delivery is at least once, like everything else here.
+A unit (date, bucket of sites) is rebuilt whenever late data touches it, so what was sent is
+remembered per unit (`state/sqs_sent/...`: site and SHA-1 of each document): a rebuild sends only
+what is new. A document is identified by its site *and* its content, so two sites that send the
+same readings in the same minute both reach the queue.
+
+Delivery is at least once: a crash between sending and remembering sends those documents again
+(and a standard SQS queue may itself deliver a message twice), so consumers de-duplicate on
+(site, time). Each message carries the site as the attribute `site`, JSON-encoded (data type
+`String.json`), because SQS attributes cannot be empty and a site id can be.
 """
 
 from __future__ import annotations
@@ -11,16 +16,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import polars as pl
 
-from data_acq.process import CURATED, to_parquet
+from data_acq import layout
+from data_acq.process import read_parquets, to_parquet
 from data_acq.storage import ObjectStore
 
-SQS_BATCH = 10  # SendMessageBatch takes at most ten messages
+log = logging.getLogger(__name__)
+
+SQS_BATCH = 10  # SendMessageBatch takes at most ten messages ...
+SQS_MAX_BYTES = 256 * 1024  # ... and at most this many bytes, as one message may
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+SENT_SCHEMA = {"site": pl.String, "sha1": pl.String, "outcome": pl.String}
 
 
 class QueueError(RuntimeError):
@@ -29,55 +42,111 @@ class QueueError(RuntimeError):
 
 @dataclass
 class SendResult:
-    sent: int
-    already_sent: int
+    sent: int = 0
+    already_sent: int = 0
+    refused: int = 0  # documents SQS will never take (too large): recorded, not retried
 
 
-def _documents(store: ObjectStore, day: date) -> pl.DataFrame:
-    prefix = f"{CURATED}pipeline_payloads/date={day.isoformat()}/"
-    rows: list[tuple[str, str]] = []
-    for key in store.list_keys(prefix):
-        if key.endswith("payloads.ndjson"):
-            site = key.split("site=", 1)[1].split("/", 1)[0]
-            rows += [(site, line) for line in store.get(key).decode().splitlines() if line]
-    frame = pl.DataFrame(rows, schema={"site": pl.String, "document": pl.String}, orient="row")
-    digests = [
-        hashlib.sha1(doc.encode(), usedforsecurity=False).hexdigest() for doc in frame["document"]
-    ]
-    return frame.with_columns(sha1=pl.Series(digests, dtype=pl.String))
+def _body(document: str) -> str:
+    """The document as SQS accepts it: the same JSON, with any character SQS refuses escaped."""
+    if _NOT_SQS_TEXT.search(document):
+        return json.dumps(json.loads(document), ensure_ascii=True, separators=(",", ":"))
+    return document
+
+
+def _entry(number: int, site: str | None, document: str) -> dict[str, Any]:
+    site_json = json.dumps(site, ensure_ascii=True)
+    return {
+        "Id": str(number),
+        "MessageBody": _body(document),
+        "MessageAttributes": {"site": {"DataType": "String.json", "StringValue": site_json}},
+    }
+
+
+def _size(entry: dict[str, Any]) -> int:
+    attribute = entry["MessageAttributes"]["site"]
+    return (
+        len(entry["MessageBody"].encode())
+        + len("site")
+        + len(attribute["DataType"])
+        + len(attribute["StringValue"])
+    )
+
+
+def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Up to ten entries and SQS_MAX_BYTES per batch."""
+    batches: list[list[dict[str, Any]]] = []
+    size = 0
+    for entry in entries:
+        if not batches or len(batches[-1]) == SQS_BATCH or size + _size(entry) > SQS_MAX_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += _size(entry)
+    return batches
 
 
 def send_new_documents(store: ObjectStore, day: date, sqs: Any, queue_url: str) -> SendResult:
-    """Send the date's pipeline documents that were not sent before."""
-    sent_key = f"{CURATED}pipeline_payloads/date={day.isoformat()}/_sent.parquet"
+    """Send the date's pipeline documents that were not sent before, unit by unit."""
+    result = SendResult()
+    prefix = layout.curated_prefix("pipeline_payloads", day)
+    buckets = sorted({layout.parse_unit(key)[1] for key in store.list_keys(prefix)})
+    for bucket in buckets:
+        _send_unit(store, day, bucket, sqs, queue_url, result)
+    return result
+
+
+def _send_unit(
+    store: ObjectStore, day: date, bucket: int, sqs: Any, queue_url: str, result: SendResult
+) -> None:
+    sent_key = layout.sent_key(day, bucket)
     try:
         already = pl.read_parquet(io.BytesIO(store.get(sent_key)))
-    except FileNotFoundError:  # nothing sent for this date yet
-        already = pl.DataFrame(schema={"sha1": pl.String})
-    documents = _documents(store, day)
-    new = documents.join(already, on="sha1", how="anti").unique("sha1", maintain_order=True)
-    done: list[str] = []
+    except FileNotFoundError:  # nothing sent for this unit yet
+        already = pl.DataFrame(schema=SENT_SCHEMA)
+    frames = read_parquets(store, layout.curated_key("pipeline_payloads", day, bucket))
+    documents = pl.concat(frames).select("site", "document") if frames else pl.DataFrame()
+    if documents.is_empty():
+        return
+    digests = [
+        hashlib.sha1(doc.encode(), usedforsecurity=False).hexdigest()
+        for doc in documents["document"]
+    ]
+    documents = documents.with_columns(sha1=pl.Series(digests, dtype=pl.String))
+    new = documents.join(already, on=["site", "sha1"], how="anti", nulls_equal=True).unique(
+        ["site", "sha1"], maintain_order=True
+    )
+    result.already_sent += documents.height - new.height
+    outcomes: list[tuple[str | None, str, str]] = []
+    entries, sha1s = [], {}
+    for number, (site, document, sha1) in enumerate(new.iter_rows()):
+        entry = _entry(number, site, document)
+        if _size(entry) > SQS_MAX_BYTES:
+            outcomes.append((site, sha1, f"refused: larger than {SQS_MAX_BYTES} bytes"))
+            result.refused += 1
+            continue
+        entries.append(entry)
+        sha1s[entry["Id"]] = (site, sha1)
     try:
-        for batch in new.iter_slices(SQS_BATCH):
-            entries = [
-                {
-                    "Id": str(i),
-                    "MessageBody": document,
-                    "MessageAttributes": {"site": {"DataType": "String", "StringValue": site}},
-                }
-                for i, (site, document, _) in enumerate(batch.iter_rows())
-            ]
-            answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            failed = answer.get("Failed", [])
-            ok = {int(item["Id"]) for item in answer.get("Successful", [])}
-            done += [sha for i, sha in enumerate(batch["sha1"]) if i in ok]
-            if failed:
-                reasons = json.dumps([f.get("Message", f.get("Code")) for f in failed][:3])
+        for batch in _batches(entries):
+            answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=batch)
+            for item in answer.get("Successful", []):
+                outcomes.append((*sha1s[item["Id"]], "sent"))
+                result.sent += 1
+            retry = []
+            for item in answer.get("Failed", []):
+                if item.get("SenderFault"):  # this document will never be taken: say so once
+                    outcomes.append((*sha1s[item["Id"]], f"refused: {item.get('Code')}"))
+                    result.refused += 1
+                    log.warning("SQS refused a document: %s", item.get("Message", item.get("Code")))
+                else:
+                    retry.append(item.get("Message", item.get("Code")))
+            if retry:
                 raise QueueError(
-                    f"SQS refused {len(failed)} of {len(entries)} documents: {reasons}"
+                    f"SQS failed {len(retry)} of {len(batch)} documents: {json.dumps(retry[:3])}; "
+                    "they are sent again by the next run"
                 )
     finally:
-        if done:
-            remembered = pl.concat([already, pl.DataFrame({"sha1": done})])
-            store.put(sent_key, to_parquet(remembered))
-    return SendResult(sent=len(done), already_sent=documents.height - new.height)
+        if outcomes:
+            done = pl.DataFrame(outcomes, schema=SENT_SCHEMA, orient="row")
+            store.put(sent_key, to_parquet(pl.concat([already, done])))

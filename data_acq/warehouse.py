@@ -16,21 +16,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from data_acq import layout
 from data_acq.flatten import READINGS_SCHEMA, REJECTS_SCHEMA, STATUS_SCHEMA, TIME
-from data_acq.process import CURATED
+from data_acq.layout import WAREHOUSE_FILE
 from data_acq.storage import LocalStore, ObjectStore
-
-WAREHOUSE_FILE = "warehouse.duckdb"
-# table -> whether its curated files are split by site (hive folder site=...)
-TABLES = {
-    "readings": True,
-    "device_status": True,
-    "readings_15min": False,
-    "energy_daily": False,
-    "completeness_daily": False,
-    "rejects": False,
-}
-
 
 _STATS = {"mean": pl.Float64, "min": pl.Float64, "max": pl.Float64, "last": pl.Float64}
 # every table exists from the first refresh on, even before it has rows
@@ -91,17 +80,17 @@ def refresh_warehouse(root: Path, dates: Iterable[date]) -> Path:
         for table, schema in SCHEMAS.items():
             empty = pl.DataFrame(schema={**schema, "date": pl.Date()})  # noqa: F841 - read by name
             con.execute(f'create table if not exists "{table}" as select * from empty')
-        for table, by_site in TABLES.items():
+        for table in SCHEMAS:
             for day in days:
-                folder = root / CURATED / table / f"date={day.isoformat()}"
-                files = sorted(folder.glob("site=*/*.parquet" if by_site else "*.parquet"))
+                folder = root / layout.curated_prefix(table, day)
+                files = sorted(folder.glob("bucket=*/*.parquet"))
                 con.execute(f'delete from "{table}" where date = ?', [day])
                 if not files:
                     continue
-                hive_types = "{'date': DATE, 'site': VARCHAR}" if by_site else "{'date': DATE}"
+                # the date comes from the folder name; the bucket is storage detail, not data
                 source = (
-                    "select * from read_parquet(?, hive_partitioning = true, "
-                    f"hive_types = {hive_types}, union_by_name = true)"
+                    "select * exclude (bucket) from read_parquet(?, hive_partitioning = true, "
+                    "hive_types = {'date': DATE, 'bucket': INTEGER}, union_by_name = true)"
                 )
                 con.execute(f'insert into "{table}" by name {source}', [[str(f) for f in files]])
     return path
@@ -117,9 +106,9 @@ def refresh_warehouse_in(store: ObjectStore, dates: Iterable[date]) -> str:
     with tempfile.TemporaryDirectory(prefix="data-acq-warehouse-") as tmp:
         root = Path(tmp)
         store.get_file(WAREHOUSE_FILE, root / WAREHOUSE_FILE)
-        for table in TABLES:
+        for table in SCHEMAS:
             for day in days:
-                for key in store.list_keys(f"{CURATED}{table}/date={day.isoformat()}/"):
+                for key in store.list_keys(layout.curated_prefix(table, day)):
                     if key.endswith(".parquet"):
                         target = root / key
                         target.parent.mkdir(parents=True, exist_ok=True)

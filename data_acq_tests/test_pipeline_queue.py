@@ -1,0 +1,68 @@
+"""Pipeline documents to SQS (moto's server): every site's documents arrive, once."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from data_acq.messages import encode_record
+from data_acq.pipeline_queue import send_new_documents
+from data_acq.process import process
+from data_acq.raw import encode_object, raw_key
+from data_acq.storage import LocalStore
+from data_acq_tests.conftest import MotoS3
+
+T0 = int(datetime(2024, 10, 12, 10, tzinfo=UTC).timestamp())
+
+
+def _receive_all(sqs: object, queue: str) -> list[tuple[str | None, dict]]:
+    got = []
+    while batch := sqs.receive_message(  # type: ignore[attr-defined]
+        QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages"):
+        for message in batch:
+            site = json.loads(message["MessageAttributes"]["site"]["StringValue"])
+            assert message["MessageAttributes"]["site"]["DataType"] == "String.json"
+            got.append((site, json.loads(message["Body"])))
+        sqs.delete_message_batch(  # type: ignore[attr-defined]
+            QueueUrl=queue,
+            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
+        )
+    return got
+
+
+def test_identical_documents_of_two_sites_both_reach_the_queue(
+    moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=moto_s3.endpoint, region_name="us-east-1")
+    queue = sqs.create_queue(QueueName="pipeline")["QueueUrl"]
+    store = LocalStore(tmp_path / "store")
+    bodies = [
+        {"t": T0 + 60 * i, "r": [{"_vid": "inv", "P": i, "note": "\uffff odd"}]} for i in range(3)
+    ] + [{"t": T0 + 600, "r": [{"P": 1}]}]  # no placeable reading: the document has no data
+    sites = ["site-a", "site-b", ""]  # the empty site id too: SQS attributes cannot be empty
+    received = datetime(2024, 10, 12, 11, tzinfo=UTC)
+    lines = [
+        encode_record(f"a/{site}/u/data", json.dumps(body).encode(), received, 1)
+        for site in sites
+        for body in bodies
+    ]
+    store.put_new(raw_key(received, "test"), encode_object(lines + lines))  # and redelivered
+    process(store)
+    first = send_new_documents(store, date(2024, 10, 12), sqs, queue)
+    assert (first.sent, first.already_sent, first.refused) == (12, 0, 0)
+    got = _receive_all(sqs, queue)
+    expected = {
+        "time": datetime.fromtimestamp(T0, UTC).isoformat(),
+        "data": {"inv": {"P": 0, "note": "\uffff odd"}},
+    }
+    empty = {"time": datetime.fromtimestamp(T0 + 600, UTC).isoformat(), "data": {}}
+    assert sorted(site for site, _ in got) == sorted(sites * 4)
+    assert sorted(site for site, body in got if body == expected) == sorted(sites)
+    assert sorted(site for site, body in got if body == empty) == sorted(sites)
+    again = send_new_documents(store, date(2024, 10, 12), sqs, queue)
+    assert (again.sent, again.already_sent) == (0, 12)
+    assert _receive_all(sqs, queue) == []

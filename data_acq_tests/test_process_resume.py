@@ -1,0 +1,109 @@
+"""Processing is resumable: `process` SIGKILLed while staging or while building, then run
+again, leaves exactly what an uninterrupted run leaves."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from data_acq.layout import CURATED
+from data_acq.messages import encode_record
+from data_acq.process import pending_dates, process
+from data_acq.raw import encode_object, raw_key
+from data_acq.simulate import SimulationSpec, simulate
+from data_acq.storage import LocalStore
+from data_acq.warehouse import SCHEMAS, refresh_warehouse
+
+CHUNK = 400  # messages per staging chunk: several chunks, so there is a "while staging"
+
+# Runs `process` in a child that SIGKILLs itself at the n-th progress line of a kind.
+KILLER = """
+import os, signal, sys
+from data_acq.process import process
+from data_acq.storage import LocalStore
+kind, n = sys.argv[2], int(sys.argv[3])
+seen = 0
+def progress(line):
+    global seen
+    if line.startswith(kind):
+        seen += 1
+        if seen == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+process(LocalStore(__import__("pathlib").Path(sys.argv[1])), progress=progress, chunk_size=CHUNK)
+""".replace("CHUNK", str(CHUNK))
+
+
+def _raw(store: LocalStore) -> None:
+    """Three sites across midnight, with duplicates, malformed messages and a late backlog, in
+    several raw objects."""
+    spec = SimulationSpec(
+        sites=3,
+        start=datetime(2024, 10, 12, 21, tzinfo=UTC),
+        minutes=6 * 60,
+        seed=4,
+        duplicate_rate=0.05,
+        outage_minutes=60,
+        malformed_rate=0.02,
+    )
+    messages = list(simulate(spec))
+    for number in range(0, len(messages), 250):
+        received = datetime(2024, 10, 13, 4, tzinfo=UTC).replace(second=number // 250)
+        lines = (encode_record(t, b, received, 1) for t, b in messages[number : number + 250])
+        store.put_new(raw_key(received, "test"), encode_object(lines))
+
+
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    if "gaps" in frame.columns:  # lists of structs do not sort: compare them as text
+        frame = frame.with_columns(
+            pl.col("gaps").list.eval(pl.element().struct.json_encode()).list.join(";")
+        )
+    return frame.sort(pl.all())
+
+
+def _outputs(root: Path) -> dict[str, pl.DataFrame]:
+    """Every curated table and warehouse table, in a canonical order."""
+    out = {}
+    for table in sorted(p.name for p in (root / CURATED).iterdir() if p.name != "charts"):
+        frame = pl.read_parquet(root / CURATED / table / "**" / "*.parquet", hive_partitioning=True)
+        out[table] = _canonical(frame)
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        for table in SCHEMAS:
+            out[f"warehouse.{table}"] = _canonical(con.sql(f'select * from "{table}"').pl())
+    return out
+
+
+@pytest.mark.parametrize(("kind", "at"), [("staged", 2), ("built", 3)])
+def test_a_killed_process_finishes_its_work_when_run_again(
+    tmp_path: Path, kind: str, at: int
+) -> None:
+    reference = LocalStore(tmp_path / "uninterrupted")
+    _raw(reference)
+    interrupted = LocalStore(tmp_path / "interrupted")
+    shutil.copytree(reference.root, interrupted.root)
+
+    done = process(reference, chunk_size=CHUNK)
+    refresh_warehouse(reference.root, [d.day for d in done.dates])
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(interrupted.root), kind, str(at)], timeout=120
+    )
+    assert killed.returncode == -9  # it really died there
+    if kind == "built":
+        assert pending_dates(interrupted)  # what it had not finished is still marked
+    rerun = process(interrupted, chunk_size=CHUNK)
+    assert {d.day for d in rerun.dates} == {d.day for d in done.dates}
+    refresh_warehouse(interrupted.root, [d.day for d in rerun.dates])
+    assert not pending_dates(interrupted)
+
+    expected, got = _outputs(reference.root), _outputs(interrupted.root)
+    assert expected.keys() == got.keys()
+    for table, frame in expected.items():
+        assert got[table].equals(frame), table
+    assert process(interrupted).dates == []  # and nothing is left to do
