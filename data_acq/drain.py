@@ -26,6 +26,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 
 from data_acq.broker import BrokerError, connect, make_client, subscribe_on_connect
+from data_acq.contract import too_deep
 from data_acq.messages import encode_record, site_of
 from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 
 class DrainWriteError(RuntimeError):
     """Raw storage kept failing: nothing of the batch was acknowledged."""
+
+
+class DrainError(RuntimeError):
+    """The drain cannot go on (a callback on paho's network thread failed): the run fails, and
+    whatever was not stored is redelivered to the next one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +108,28 @@ _probe = msgspec.json.Decoder(_Probe)
 
 
 def _payload_time(payload: bytes) -> tuple[bool, int | None]:
-    """(is valid JSON, `t` when it is an integer): one fast pass, no full decode."""
+    """(is JSON that a raw record can hold verbatim, `t` when it is an integer): one fast pass.
+
+    Whatever the bytes, this answers: a payload nested too deeply for a parser is stored as
+    text (and rejected downstream), never decoded here.
+    """
+    if too_deep(payload):
+        return False, None
     try:
         t = _probe.decode(payload).t
     except msgspec.ValidationError:
         return True, None  # valid JSON, not an object
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return False, None
     return True, t if isinstance(t, int) and not isinstance(t, bool) else None
+
+
+def _topic(message: mqtt.MQTTMessage) -> str:
+    """The topic; brokers refuse topics that are not UTF-8, but a bad one must not stop us."""
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        return bytes(message._topic).decode("utf-8", "replace")
 
 
 class Drain:
@@ -141,8 +161,24 @@ class Drain:
         self._connected = False
         self._closing = False
         self._refused: str | None = None  # subscriptions the broker refused
+        self._failure: BaseException | None = None  # raised in a callback on paho's thread
 
     # --- paho's network thread ----------------------------------------------------------------
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """A callback whose failure ends the run with an error instead of silently stopping
+        paho's network thread (which would leave the run waiting, and exiting 0)."""
+
+        def run(*args: object) -> None:
+            try:
+                callback(*args)
+            except BaseException as exc:
+                log.exception("MQTT callback %s failed", getattr(callback, "__name__", "?"))
+                with self._cond:
+                    self._failure = self._failure or exc
+                    self._cond.notify()
+
+        return run
 
     def _connection_changed(self, up: bool) -> None:
         with self._cond:
@@ -167,9 +203,10 @@ class Drain:
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         received_at = datetime.now(UTC)
         payload = bytes(message.payload)
+        topic = _topic(message)
         is_json, t = _payload_time(payload)
         line = encode_record(
-            message.topic,
+            topic,
             payload,
             received_at,
             message.qos,
@@ -189,13 +226,14 @@ class Drain:
             self._last_arrival = now
             self._batch.append(_Received(message.mid, self._connection, message.qos, line))
             self._batch_bytes += len(line)
-            self._count(message, payload, received_at, t, is_json)
+            self._count(message, topic, payload, received_at, t, is_json)
             if len(self._batch) >= self.limits.batch_messages:
                 self._cond.notify()
 
     def _count(
         self,
         message: mqtt.MQTTMessage,
+        topic: str,
         payload: bytes,
         received_at: datetime,
         t: int | None,
@@ -206,16 +244,16 @@ class Drain:
         stats.bytes += len(payload)
         stats.redelivered += bool(message.dup)
         stats.not_json += not is_json
-        site = site_of(message.topic)
-        if site:
+        site = site_of(topic)
+        if site is not None:
             stats.sites.add(site)
-        kind = message.topic.split("/", 2)[2] if message.topic.count("/") >= 2 else message.topic
+        kind = topic.split("/", 2)[2] if topic.count("/") >= 2 else topic
         if kind.startswith("u/meta/"):
             kind = "u/meta/#"
         stats.topics[kind] = stats.topics.get(kind, 0) + 1
         stats.first_received = stats.first_received or received_at
         stats.last_received = received_at
-        if t is not None:
+        if t is not None and abs(t) < 2**53:
             lag = received_at.timestamp() - t
             if stats.max_lag_s is None or lag > stats.max_lag_s:
                 stats.max_lag_s = lag
@@ -291,10 +329,13 @@ class Drain:
 
     def run(self) -> DrainStats:
         limits = self.limits
+        self.store.check()  # unusable storage fails the run now, not at the first message
         client = make_client(self.broker, self.ca_file, persistent=True, manual_ack=True)
         subscribe_on_connect(client, self.broker.topics, on_change=self._connection_changed)
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        for name in ("on_connect", "on_disconnect", "on_message", "on_subscribe"):
+            setattr(client, name, self._guarded(getattr(client, name)))
         connect(
             client,
             self.broker,
@@ -312,6 +353,13 @@ class Drain:
                     due = self._due(now)
                     idle_for = now - self._last_arrival
                     refused = self._refused
+                    failure = self._failure
+                if failure is not None:
+                    self._flush(client)  # what was received before is fine: store and ack it
+                    raise DrainError(
+                        f"an MQTT callback failed ({type(failure).__name__}: {failure}); "
+                        "what was not stored is redelivered to the next run"
+                    ) from failure
                 if refused:
                     raise BrokerError(
                         f"broker refused the QoS 1 subscription to {refused}; "

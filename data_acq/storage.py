@@ -14,14 +14,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 
 class ObjectExists(FileExistsError):
     """An object of that key already exists; raw objects are never overwritten."""
 
 
+class StorageError(RuntimeError):
+    """Storage cannot be used at all; the message says where and why (never a secret)."""
+
+
 class ObjectStore(Protocol):
+    def check(self) -> None:
+        """Raise StorageError unless objects can be written here (called before long work)."""
+        ...
+
     def put_new(self, key: str, data: bytes) -> None:
         """Store `data` under `key` durably; raise ObjectExists if the key is taken."""
         ...
@@ -46,6 +54,11 @@ class ObjectStore(Protocol):
         """Keys under `prefix`, in lexical order."""
         ...
 
+    def delete(self, keys: list[str]) -> None:
+        """Remove these objects (bookkeeping only: raw objects are never deleted); a key that
+        is already gone is not an error."""
+        ...
+
     def url(self, key: str = "") -> str:
         """Where the key lives, for people and for DuckDB (a path or an s3:// URL)."""
         ...
@@ -61,11 +74,29 @@ class LocalStore:
             raise ValueError(f"key {key!r} leaves the storage root")
         return path
 
+    def check(self) -> None:
+        root = self.root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except FileExistsError:
+            raise StorageError(f"storage {root} is a file, not a folder") from None
+        except OSError as exc:
+            raise StorageError(f"cannot write to storage folder {root}: {exc.strerror}") from None
+
     def _write_temp(self, key: str, data: bytes, durable: bool) -> tuple[Path, str]:
         """The final path for `key`, and a temporary file beside it that holds `data`."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        for attempt in range(3):  # `delete` may remove an empty folder between the two calls
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -125,6 +156,19 @@ class LocalStore:
         )
         yield from sorted(key for key in keys if key.startswith(prefix))
 
+    def delete(self, keys: list[str]) -> None:
+        root = self.root.resolve()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            for folder in path.parents:  # empty folders would be listed for ever
+                if folder == root:
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or just refilled by a writer): keep it
+                    break
+
     def url(self, key: str = "") -> str:
         return str(self.root / key)
 
@@ -137,6 +181,16 @@ class S3Store:
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            why = {"404": "does not exist", "403": "access denied"}.get(code, f"error {code}")
+            raise StorageError(f"S3 bucket {self.bucket!r}: {why}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 bucket {self.bucket!r}: {exc}") from None
 
     def put_new(self, key: str, data: bytes) -> None:
         try:
@@ -180,6 +234,19 @@ class S3Store:
         for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"][strip:]
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            objects = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
+            if answer.get("Errors"):
+                error = answer["Errors"][0]
+                raise StorageError(
+                    f"S3 refused to delete {len(answer['Errors'])} objects, e.g. "
+                    f"{error.get('Key')}: {error.get('Code')}"
+                )
 
     def url(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data_acq.broker import BrokerError
-from data_acq.drain import Drain, DrainLimits
+from data_acq.drain import Drain, DrainError, DrainLimits
 from data_acq.local_broker import LocalMosquitto
 from data_acq.raw import raw_keys, read_raw_object
 from data_acq.settings import BrokerSettings, Settings
@@ -204,3 +204,28 @@ def test_parallel_workers_share_a_queue_through_a_shared_subscription(tmp_path: 
     assert missing(sent, store) == 0
     assert sum(s.stored for s in stats) == len(sent)
     assert all(s.stored > len(sent) / 4 for s in stats)  # both did their share
+
+
+class _BrokenCounter(Drain):
+    """A drain whose per-message bookkeeping has a bug (it fails on the 3rd message)."""
+
+    def _count(self, *args: object) -> None:
+        if self.stats.messages == 2:
+            raise ZeroDivisionError("a bug")
+        super()._count(*args)  # type: ignore[arg-type]
+
+
+def test_a_failing_callback_fails_the_run_and_loses_nothing(
+    tmp_path: Path, mosquitto: LocalMosquitto
+) -> None:
+    """paho's thread would die quietly and the window end as a success; instead the run fails,
+    what was stored before is acknowledged, and the rest is redelivered to the next run."""
+    store = LocalStore(tmp_path / "store")
+    broker = BrokerSettings(host="127.0.0.1", port=mosquitto.port, client_id="broken-callback")
+    Drain(broker, None, store, DrainLimits(idle_exit_s=0.2)).run()  # makes the session
+    sent = unique_messages(50)
+    publish_in_background(mosquitto.port, sent).join(30)
+    with pytest.raises(DrainError, match="an MQTT callback failed \\(ZeroDivisionError: a bug\\)"):
+        _BrokenCounter(broker, None, store, DrainLimits(idle_exit_s=2, max_seconds=30)).run()
+    Drain(broker, None, store, DrainLimits(idle_exit_s=1)).run()
+    assert missing(sent, store) == 0
