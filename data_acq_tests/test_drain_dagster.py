@@ -20,7 +20,7 @@ from dagster._core.utils import make_new_run_id
 
 from data_acq.defs.assets import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
-from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
+from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s
 from data_acq.local_broker import LocalMosquitto
 from data_acq.raw import raw_keys
@@ -59,9 +59,27 @@ def test_requests_a_run_when_none_is_active(instance: DagsterInstance) -> None:
     result = _evaluate(instance)
     assert [r.run_key for r in result.run_requests] == ["drain-main-1"]
     request = result.run_requests[0]
-    assert request.tags == {SUBSCRIPTION_TAG: "main"}
+    assert request.tags == {SUBSCRIPTION_TAG: "main", "dagster/max_runtime": "1500"}
     config = request.run_config["ops"]["raw_messages"]["config"]
-    assert config["client_id"] == "drain-main" and config["topics"] == ["a/+/u/data"]
+    assert config == {"subscription": "main", "max_seconds": 600.0}  # topics from the settings
+
+
+def test_a_drain_launched_by_hand_counts_as_its_subscriptions_run(
+    instance: DagsterInstance,
+) -> None:
+    """No tag (the launchpad adds none): the run configuration names the subscription."""
+    config = {"ops": {"raw_messages": {"config": {"subscription": "meta"}}}}
+    for run_config, blocked in (({}, "main"), (config, "meta")):
+        run = DagsterRun(
+            job_name="drain",
+            run_id=make_new_run_id(),
+            run_config=run_config,
+            status=DagsterRunStatus.STARTED,
+        )
+        instance.add_run(run)
+        result = _evaluate(instance, subs=(MAIN, META))
+        assert blocked not in {r.tags[SUBSCRIPTION_TAG] for r in result.run_requests}
+        instance.delete_run(run.run_id)
 
 
 def test_no_second_run_while_one_is_queued_or_running(instance: DagsterInstance) -> None:
@@ -158,6 +176,49 @@ def test_drain_job_run_materializes_raw_with_metadata(
     assert metadata["max_lag_s"] > 0 and str(tmp_path / "store" / "raw") in str(
         metadata["raw_root"]
     )
+
+
+def _drain_defs(tmp_path: Path, port: int) -> Definitions:
+    resources = {
+        "mqtt": MQTTBroker(
+            host="127.0.0.1",
+            port=port,
+            topics=["a/+/u/data"],
+            client_id="drain-guard",
+            subscriptions={
+                "main": SubscriptionSpec(topics=["a/+/u/data"], client_id="drain-guard"),
+                "meta": SubscriptionSpec(topics=["a/+/u/meta/#"], client_id="drain-guard-meta"),
+            },
+            ca_certificate=CACertificate(cache_dir=str(tmp_path / "ca")),
+        ),
+        "storage": LocalStorage(root=str(tmp_path / "store")),
+    }
+    return Definitions(assets=[raw_messages], jobs=[drain_job], resources=resources)
+
+
+def test_one_drain_per_subscription_whoever_launches_it(
+    tmp_path: Path, instance: DagsterInstance, mosquitto: LocalMosquitto
+) -> None:
+    job = _drain_defs(tmp_path, mosquitto.port).resolve_job_def("drain")
+    older = _add_run(instance, DagsterRunStatus.STARTED, name="main")  # e.g. the sensor's run
+
+    def run(subscription: str) -> object:
+        config = {"subscription": subscription, "idle_exit_s": 0.2, "max_seconds": 5}
+        return job.execute_in_process(
+            run_config={"ops": {"raw_messages": {"config": config}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+
+    refused = run("main")
+    assert not refused.success  # type: ignore[attr-defined]
+    failure = refused.get_step_failure_events()[0].step_failure_data.error  # type: ignore[attr-defined]
+    assert f"already being drained by run {older.run_id[:8]}" in failure.message
+    assert run("meta").success  # type: ignore[attr-defined]  # another subscription is free
+    unknown = run("nope")
+    assert not unknown.success  # type: ignore[attr-defined]
+    message = unknown.get_step_failure_events()[0].step_failure_data.error.message  # type: ignore[attr-defined]
+    assert "no subscription named 'nope'; configured: main, meta" in message
 
 
 def test_run_retention_deletes_only_old_finished_runs(instance: DagsterInstance) -> None:

@@ -12,20 +12,24 @@ from dagster import (
     AssetExecutionContext,
     AssetSpec,
     Config,
+    DagsterRunStatus,
     DailyPartitionsDefinition,
+    Failure,
     MaterializeResult,
     MetadataValue,
+    RunsFilter,
     asset,
     multi_asset,
 )
+from dagster._core.instance import DagsterInstance
 from pydantic import Field
 
+from data_acq import layout
 from data_acq.charts import write_charts
 from data_acq.defs.resources import MQTTBroker, PipelineQueue, Storage
 from data_acq.drain import Drain, DrainLimits, DrainStats
 from data_acq.pipeline_queue import send_new_documents
-from data_acq.process import CURATED, DateResult, build_date, new_raw_keys, stage
-from data_acq.raw import RAW_PREFIX
+from data_acq.process import DateResult, build_date, new_raw_keys, stage
 from data_acq.storage import ObjectStore
 from data_acq.warehouse import refresh_warehouse_in
 
@@ -33,15 +37,16 @@ PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()
 
 
+DRAIN_JOB = "drain"
+SUBSCRIPTION_TAG = "data_acq/subscription"
+RUNNING = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
 class DrainConfig(Config):
     subscription: str = Field(
-        default="main", description="Name of the subscription (tag of the run)"
-    )
-    topics: list[str] = Field(
-        default_factory=list, description="Topic filters; default: MQTT_TOPIC"
-    )
-    client_id: str = Field(
-        default="", description="Persistent-session client id; default: MQTT_CLIENT_ID"
+        default="main",
+        description="Name of the subscription (DATA_ACQ_SUBSCRIPTIONS; `main` without it): its "
+        "topics and persistent-session client id come from the deployment's settings",
     )
     max_seconds: float = Field(default=600.0, description="Length of the drain window")
     idle_exit_s: float | None = Field(
@@ -63,7 +68,8 @@ class DrainConfig(Config):
 def raw_messages(
     context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
 ) -> MaterializeResult:
-    broker = mqtt.settings(topics=config.topics or None, client_id=config.client_id or None)
+    broker = mqtt.subscription_settings(config.subscription)
+    _refuse_a_second_drain(context.instance, context.run.run_id, config.subscription)
     store = storage.store()
     limits = DrainLimits(
         max_seconds=config.max_seconds,
@@ -73,7 +79,7 @@ def raw_messages(
     )
     context.log.info(
         f"draining {', '.join(broker.topics)} from {broker.address} as {broker.client_id} into "
-        f"{store.url(RAW_PREFIX)} for up to {limits.max_seconds:.0f} s"
+        f"{store.url(layout.RAW)} for up to {limits.max_seconds:.0f} s"
     )
     last_report = [time.monotonic()]
 
@@ -90,21 +96,47 @@ def raw_messages(
     metadata: dict[str, object] = {
         **stats.to_metadata(),
         "subscription": config.subscription,
-        "raw_root": MetadataValue.path(store.url(RAW_PREFIX)),
+        "raw_root": MetadataValue.path(store.url(layout.RAW)),
     }
     if stats.keys:
         metadata["last_object"] = MetadataValue.path(store.url(stats.keys[-1]))
     return MaterializeResult(metadata=metadata)
 
 
+def drain_subscription(run_config: dict, tags: dict[str, str]) -> str:
+    """The subscription a drain run drains: its tag, else its run configuration, else `main`."""
+    if SUBSCRIPTION_TAG in tags:
+        return tags[SUBSCRIPTION_TAG]
+    config = run_config.get("ops", {}).get("raw_messages", {}).get("config", {})
+    return str(config.get("subscription", "main"))
+
+
+def _refuse_a_second_drain(instance: DagsterInstance, run_id: str, subscription: str) -> None:
+    """One drain per subscription, whoever launched it: a second client with the same id would
+    take the first one's MQTT session over. Of two running at once, the older one goes on."""
+    records = instance.get_run_records(filters=RunsFilter(job_name=DRAIN_JOB, statuses=RUNNING))
+    mine = next((r for r in records if r.dagster_run.run_id == run_id), None)
+    for record in records:
+        run = record.dagster_run
+        if run.run_id == run_id or drain_subscription(run.run_config, run.tags) != subscription:
+            continue
+        if mine is None or record.create_timestamp <= mine.create_timestamp:
+            raise Failure(
+                f"subscription {subscription!r} is already being drained by run "
+                f"{run.run_id[:8]}; a second drain would take over its MQTT session"
+            )
+
+
 daily = DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
 CURATED_ASSETS = {
     "readings": "Tidy readings (site, time, vid, device, field, value, value_text, received_at), "
-    "de-duplicated on site, time, vid, device and field; Parquet in curated/readings/date=/site=/.",
+    "de-duplicated on site, time, vid, device and field; Parquet in "
+    "curated/readings/date=D/bucket=BB/.",
     "device_status": "The `_s` status readings (site, time, vid, device, content, level).",
-    "pipeline_payloads": "Each accepted payload in the pipeline format, NDJSON per date and site.",
-    "rejects": "Every payload, reading or value that could not be used: reason, path, and the raw "
-    "object and line it came from.",
+    "pipeline_payloads": "Each accepted payload in the pipeline format (site, time, received_at, "
+    "document), once per site and document.",
+    "rejects": "Every payload, reading or value that could not be used: reason, path, the raw "
+    "object and line it came from, and the payload's SHA-1 (one row however often delivered).",
     "readings_15min": "Per site, vid, device, field and quarter hour: mean, min, max, last, count.",
     "energy_daily": "The day's increase of each cumulative counter (E, E_exported, total_yield, "
     "runtime ...); a step down is a reset and counts as zero.",
@@ -193,7 +225,7 @@ def curated(
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     day = date.fromisoformat(context.partition_key)
     store = storage.store()
-    built = build_date(store, day)
+    built = build_date(store, day, progress=context.log.info)
     if pipeline_queue.queue_url:
         sent = send_new_documents(store, day, pipeline_queue.client(), pipeline_queue.queue_url)
         built.sent_to_queue = sent.sent
@@ -209,11 +241,10 @@ def curated_results(
     store: ObjectStore, built: DateResult, now: datetime | None = None
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """One materialization per curated asset of the date, and the date's data-quality checks."""
-    day = built.day.isoformat()
     for name in CURATED_ASSETS:
         metadata: dict[str, object] = {
             "rows": built.rows.get(name, 0),
-            "location": MetadataValue.path(store.url(f"{CURATED}{name}/date={day}/")),
+            "location": MetadataValue.path(store.url(layout.curated_prefix(name, built.day))),
         }
         if name == "readings":
             metadata |= {"sites": built.sites, "duplicates_removed": built.duplicates_removed}
@@ -227,6 +258,7 @@ def curated_results(
         severity=AssetCheckSeverity.WARN,
         metadata={
             "rejected_payloads": built.rejected_payloads,
+            "accepted_payloads": built.accepted_payloads,
             "share": round(built.rejected_share, 5),
         },
     )
@@ -245,7 +277,7 @@ def curated_results(
         metadata={
             "sites": len(worst),
             "below_target": sum(ratio < MIN_COMPLETENESS for _, ratio in worst),
-            "worst_sites": MetadataValue.json(dict(worst[:10])),
+            "worst_sites": MetadataValue.json({str(site): ratio for site, ratio in worst[:10]}),
         },
     )
     yield AssetCheckResult(
@@ -266,7 +298,7 @@ def curated_results(
         severity=AssetCheckSeverity.WARN,
         metadata={
             "sites": len(built.last_payload),
-            "silent_sites": MetadataValue.json(silent),
+            "silent_sites": MetadataValue.json({str(site): m for site, m in silent.items()}),
             "last_payload": max(built.last_payload.values()).isoformat()
             if built.last_payload
             else "none",
@@ -280,21 +312,28 @@ def curated_results(
     group_name="processing",
     kinds={"matplotlib"},
     description="A daily chart per site (power through the day, counters' gain since midnight), "
-    "PNG under curated/charts/date=D/site=S.png; the first ones are shown in the metadata.",
+    "PNG under curated/charts/date=D/site=<site key>.png; the first ones are shown in the "
+    "metadata.",
 )
 def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     store = storage.store()
     day = date.fromisoformat(context.partition_key)
-    keys = write_charts(store, day, progress=context.log.info)
+    charts = write_charts(store, day, progress=context.log.info)
     previews = "\n\n".join(
-        f"**{key.rsplit('site=', 1)[1].removesuffix('.png')}**\n\n"
+        f"**{_markdown_text(site)}**\n\n"
         f"![chart](data:image/png;base64,{base64.b64encode(store.get(key)).decode()})"
-        for key in keys[:PREVIEW_CHARTS]
+        for site, key in charts[:PREVIEW_CHARTS]
     )
     return MaterializeResult(
         metadata={
-            "charts": len(keys),
-            "folder": MetadataValue.path(store.url(f"{CURATED}charts/date={day.isoformat()}/")),
+            "charts": len(charts),
+            "folder": MetadataValue.path(store.url(layout.curated_prefix("charts", day))),
             "preview": MetadataValue.md(previews or "no data for this date"),
         }
     )
+
+
+def _markdown_text(site: str | None) -> str:
+    """A logger-chosen site id shown as text, not as Markdown or HTML."""
+    text = "(no site)" if site is None else repr(site)[1:-1] or "(empty site id)"
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text[:80])

@@ -3,11 +3,17 @@
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource, EnvVar, ResourceDependency
+from dagster import Config, ConfigurableResource, EnvVar, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from data_acq.ca_cert import cache_path, download_ca_cert, local_ca_cert
+from data_acq.ca_cert import (
+    DOWNLOAD_DEADLINE_S,
+    READ_TIMEOUT_S,
+    cache_path,
+    download_ca_cert,
+    local_ca_cert,
+)
 from data_acq.settings import BrokerSettings, Settings
 from data_acq.storage import LocalStore, ObjectStore, S3Store, parse_s3_url
 
@@ -20,17 +26,40 @@ class CACertificate(ConfigurableResource):
 
     url: str | None = Field(default=None, description="HTTPS URL of the CA (CA_CERT_URL)")
     file: str | None = Field(default=None, description="Local CA file instead (CA_CERT_FILE)")
+    sha256: str | None = Field(
+        default=None,
+        description="Pinned SHA-256 fingerprint of the CA certificate's DER encoding, hex, "
+        "colons optional, as `openssl x509 -noout -fingerprint -sha256` prints it "
+        "(CA_CERT_SHA256); applies to `url` and `file`",
+    )
     cache_dir: str = Field(description="Where the downloaded CA is cached")
-    timeout_s: float = 10.0
+    timeout_s: float = Field(default=READ_TIMEOUT_S, description="Per connect and per read")
+    deadline_s: float = Field(
+        default=DOWNLOAD_DEADLINE_S, description="For the whole download, retries included"
+    )
     retries: int = 3
 
     def path(self) -> Path | None:
         if self.file:
-            return local_ca_cert(Path(self.file))
+            return local_ca_cert(Path(self.file), self.sha256)
         if self.url:
             dest = cache_path(Path(self.cache_dir), self.url)
-            return download_ca_cert(self.url, dest, self.timeout_s, self.retries)
+            return download_ca_cert(
+                self.url,
+                dest,
+                self.timeout_s,
+                self.retries,
+                deadline=self.deadline_s,
+                sha256=self.sha256,
+            )
         return None
+
+
+class SubscriptionSpec(Config):
+    """One drain's topics and persistent-session client id."""
+
+    topics: list[str]
+    client_id: str
 
 
 class MQTTBroker(ConfigurableResource):
@@ -43,7 +72,22 @@ class MQTTBroker(ConfigurableResource):
     topics: list[str]
     client_id: str
     protocol: str = "5"
+    subscriptions: dict[str, SubscriptionSpec] = Field(
+        default_factory=dict,
+        description="Drains by name (DATA_ACQ_SUBSCRIPTIONS); without it one, `main`, over "
+        "`topics` as `client_id`",
+    )
     ca_certificate: ResourceDependency[CACertificate]
+
+    def subscription_settings(self, name: str) -> BrokerSettings:
+        """The connection settings of one subscription (its topics, its session)."""
+        if not self.subscriptions and name == "main":
+            return self.settings()
+        if name not in self.subscriptions:
+            known = ", ".join(sorted(self.subscriptions)) or "main"
+            raise Failure(f"no subscription named {name!r}; configured: {known}")
+        spec = self.subscriptions[name]
+        return self.settings(topics=spec.topics, client_id=spec.client_id)
 
     def settings(
         self, topics: list[str] | None = None, client_id: str | None = None
@@ -59,6 +103,7 @@ class MQTTBroker(ConfigurableResource):
             protocol=self.protocol,  # type: ignore[arg-type]
             ca_cert_url=self.ca_certificate.url,
             ca_cert_file=self.ca_certificate.file,
+            ca_cert_sha256=self.ca_certificate.sha256,
         )
 
     def ca_file(self) -> Path | None:
@@ -112,7 +157,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
     """The resources for one deployment, from the one settings object."""
     broker = settings.broker
     ca = CACertificate(
-        url=broker.ca_cert_url, file=broker.ca_cert_file, cache_dir=str(settings.cache_dir)
+        url=broker.ca_cert_url,
+        file=broker.ca_cert_file,
+        sha256=broker.ca_cert_sha256,
+        cache_dir=str(settings.cache_dir),
     )
     return {
         "ca_certificate": ca,
@@ -125,6 +173,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
             topics=list(broker.topics),
             client_id=broker.client_id,
             protocol=broker.protocol,
+            subscriptions={
+                sub.name: SubscriptionSpec(topics=list(sub.topics), client_id=sub.client_id)
+                for sub in settings.subscriptions
+            },
             ca_certificate=ca,
         ),
         "storage": build_storage(settings.storage),

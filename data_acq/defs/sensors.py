@@ -4,27 +4,25 @@ import json
 import time
 
 from dagster import (
-    AssetKey,
     DagsterRunStatus,
     DefaultSensorStatus,
-    EventLogEntry,
     RunRequest,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    asset_sensor,
     sensor,
 )
+from dagster._core.storage.dagster_run import RunRecord
 
-from data_acq.defs.assets import daily
+from data_acq.defs.assets import SUBSCRIPTION_TAG, daily, drain_subscription
 from data_acq.defs.jobs import curate_job, drain_job, stage_job
 from data_acq.defs.resources import Storage
-from data_acq.process import new_raw_keys
+from data_acq.process import new_raw_keys, pending_dates
 from data_acq.settings import Subscription
 
-SUBSCRIPTION_TAG = "data_acq/subscription"
+PARTITION_TAG = "dagster/partition"
 ACTIVE = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -56,6 +54,15 @@ def _status(running: bool) -> DefaultSensorStatus:
     return DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED
 
 
+def _waiting_after_failures(recent: list[RunRecord]) -> tuple[int, float]:
+    """(consecutive failures, seconds still to wait) from the newest runs of one kind."""
+    failures = _consecutive_failures([r.dagster_run.status for r in recent])
+    if not failures:
+        return 0, 0.0
+    ended = recent[0].end_time or recent[0].update_timestamp.timestamp()
+    return failures, ended + failure_backoff_s(failures) - time.time()
+
+
 def build_drain_sensor(
     subscriptions: tuple[Subscription, ...], window_s: float = 600.0, running: bool = False
 ) -> SensorDefinition:
@@ -73,29 +80,28 @@ def build_drain_sensor(
         launched: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         requests: list[RunRequest] = []
         skipped: list[str] = []
+        # every active drain counts, also one launched by hand without the subscription tag
+        active = {
+            drain_subscription(run.run_config, run.tags): run
+            for run in context.instance.get_runs(
+                filters=RunsFilter(job_name=drain_job.name, statuses=ACTIVE)
+            )
+        }
         for sub in subscriptions:
             tags = {SUBSCRIPTION_TAG: sub.name}
-            active = context.instance.get_runs(
-                filters=RunsFilter(job_name=drain_job.name, tags=tags, statuses=ACTIVE), limit=1
-            )
-            if active:
-                skipped.append(
-                    f"{sub.name}: run {active[0].run_id[:8]} is {active[0].status.value}"
-                )
+            if sub.name in active:
+                run = active[sub.name]
+                skipped.append(f"{sub.name}: run {run.run_id[:8]} is {run.status.value}")
                 continue
             recent = context.instance.get_run_records(
                 filters=RunsFilter(job_name=drain_job.name, tags=tags), limit=10
             )
-            failures = _consecutive_failures([r.dagster_run.status for r in recent])
-            if failures:
-                wait = failure_backoff_s(failures)
-                ended = recent[0].end_time or recent[0].update_timestamp.timestamp()
-                remaining = ended + wait - time.time()
-                if remaining > 0:
-                    skipped.append(
-                        f"{sub.name}: {failures} failed runs in a row; next try in {remaining:.0f} s"
-                    )
-                    continue
+            failures, remaining = _waiting_after_failures(recent)
+            if remaining > 0:
+                skipped.append(
+                    f"{sub.name}: {failures} failed runs in a row; next try in {remaining:.0f} s"
+                )
+                continue
             number = launched.get(sub.name, 0) + 1
             launched[sub.name] = number
             requests.append(
@@ -104,16 +110,12 @@ def build_drain_sensor(
                     run_config={
                         "ops": {
                             "raw_messages": {
-                                "config": {
-                                    "subscription": sub.name,
-                                    "topics": list(sub.topics),
-                                    "client_id": sub.client_id,
-                                    "max_seconds": window_s,
-                                }
+                                "config": {"subscription": sub.name, "max_seconds": window_s}
                             }
                         }
                     },
-                    tags=tags,
+                    # run monitoring fails a drain that hangs well past its window
+                    tags={**tags, "dagster/max_runtime": str(int(window_s) + 900)},
                 )
             )
         return SensorResult(
@@ -148,34 +150,43 @@ def build_processing_sensors(running: bool = False) -> list[SensorDefinition]:
             return SensorResult(skip_reason=SkipReason("no new raw objects"))
         return SensorResult(run_requests=[RunRequest(run_key=f"stage-through-{keys[-1]}")])
 
-    @asset_sensor(
-        asset_key=AssetKey("staged_raw"),
+    @sensor(
         job=curate_job,
         minimum_interval_seconds=30,
         default_status=_status(running),
-        description="Late and new data: after each staging, refreshes exactly the measurement dates "
-        "it touched (one curate_date run per date).",
+        description="Late and new data: refreshes every measurement date that has staged units "
+        "not built yet (one curate_date run per date, none while one for that date is active; "
+        "after a failure it waits 30 s, doubling to 15 min). A crashed run leaves its date "
+        "pending, so it is built again.",
     )
-    def curation_sensor(
-        context: SensorEvaluationContext, asset_event: EventLogEntry
-    ) -> SensorResult:
-        materialization = asset_event.asset_materialization
-        dates_entry = materialization.metadata.get("dates") if materialization else None
-        dates: list[str] = list(dates_entry.value) if dates_entry else []  # type: ignore[arg-type]
+    def curation_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
         valid = set(daily.get_partition_keys())
-        requests = [
-            RunRequest(run_key=f"curate-{asset_event.run_id}-{day}", partition_key=day)
-            for day in dates
-            if day in valid
-        ]
-        outside = sorted(set(dates) - valid)
-        if outside:
-            context.log.warning(
-                f"dates outside the partitions, not refreshed: {', '.join(outside)}"
+        requests: list[RunRequest] = []
+        skipped: list[str] = []
+        pending = sorted(day.isoformat() for day in pending_dates(storage.store()))
+        for day in pending:
+            if day not in valid:
+                skipped.append(f"{day}: outside the partitions (data-acq process builds it)")
+                continue
+            tags = {PARTITION_TAG: day}
+            runs = context.instance.get_run_records(
+                filters=RunsFilter(job_name=curate_job.name, tags=tags), limit=10
             )
+            if runs and runs[0].dagster_run.status in ACTIVE:
+                skipped.append(f"{day}: run {runs[0].dagster_run.run_id[:8]} is active")
+                continue
+            failures, remaining = _waiting_after_failures(runs)
+            if remaining > 0:
+                skipped.append(f"{day}: {failures} failed runs; next try in {remaining:.0f} s")
+                continue
+            requests.append(RunRequest(partition_key=day))
+        if skipped:
+            context.log.info("; ".join(skipped))
         return SensorResult(
             run_requests=requests,
-            skip_reason=None if requests else SkipReason("the staging touched no date"),
+            skip_reason=None
+            if requests
+            else SkipReason("; ".join(skipped) or "no staged data waits to be built"),
         )
 
     return [new_raw_sensor, curation_sensor]
