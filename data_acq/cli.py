@@ -14,20 +14,21 @@ from pathlib import Path
 from typing import IO, Any
 
 import paho.mqtt.client as mqtt
+from botocore.exceptions import BotoCoreError, ClientError
 
+from data_acq import layout
 from data_acq.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
 from data_acq.ca_cert import CACertError, resolve_ca
 from data_acq.contract import Rejection, parse_payload
-from data_acq.drain import Drain, DrainLimits, DrainWriteError
+from data_acq.drain import Drain, DrainError, DrainLimits, DrainWriteError
 from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
 from data_acq.messages import read_lines
 from data_acq.pipeline_format import to_pipeline
-from data_acq.pipeline_queue import send_new_documents
+from data_acq.pipeline_queue import QueueError, send_new_documents
 from data_acq.process import process
-from data_acq.raw import RAW_PREFIX
 from data_acq.settings import Settings, SettingsError
 from data_acq.simulate import SimulationSpec, parse_start, simulate
-from data_acq.storage import open_store
+from data_acq.storage import StorageError, open_store
 from data_acq.warehouse import refresh_warehouse_in
 
 log = logging.getLogger("data_acq")
@@ -35,6 +36,23 @@ log = logging.getLogger("data_acq")
 
 class CommandError(Exception):
     """A failure the user can act on: printed without a traceback, exit code 1."""
+
+
+class UsageError(CommandError):
+    """The command line itself is wrong: exit code 2, like argparse's own errors."""
+
+
+# Failures printed as one line (exit code 1): configuration, broker, CA, storage, queue.
+EXPECTED = (
+    CommandError,
+    SettingsError,
+    CACertError,
+    BrokerError,
+    DrainError,
+    DrainWriteError,
+    StorageError,
+    QueueError,
+)
 
 
 def _dumps(doc: Any) -> str:
@@ -78,6 +96,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 def _open_inputs(names: list[str], stack: ExitStack) -> Iterator[tuple[str, IO[bytes]]]:
     for name in names or ["-"]:
         if name == "-":
+            if sys.stdin is None:  # started with stdin closed (`<&-`)
+                raise UsageError("no input: standard input is closed; give input files")
             yield "<stdin>", sys.stdin.buffer
             continue
         try:
@@ -153,7 +173,7 @@ def cmd_listen(args: argparse.Namespace) -> None:
     ca_file = resolve_ca(settings)
     out = sys.stdout
 
-    def on_message(message: mqtt.MQTTMessage) -> None:
+    def show(message: mqtt.MQTTMessage) -> None:
         parsed = parse_payload(message.payload)
         if isinstance(parsed, Rejection):
             print(f"{message.topic}: rejected: {parsed}", file=sys.stderr)
@@ -175,6 +195,15 @@ def cmd_listen(args: argparse.Namespace) -> None:
         ", ".join(settings.broker.topics),
     )
     with stop_on_signals() as stop:
+
+        def on_message(message: mqtt.MQTTMessage) -> None:
+            try:
+                show(message)
+            except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+                stop.set()
+            except Exception as exc:  # one message must never silence the rest
+                print(f"{message.topic}: could not be shown: {exc}", file=sys.stderr)
+
         run_subscriber(settings.broker.for_role("listen"), ca_file, on_message, stop)
 
 
@@ -194,15 +223,12 @@ def cmd_drain(args: argparse.Namespace) -> None:
         ", ".join(broker.topics),
         broker.address,
         broker.client_id,
-        store.url(RAW_PREFIX),
+        store.url(layout.RAW),
         limits.max_seconds,
         f", idle exit {limits.idle_exit_s:.0f} s" if limits.idle_exit_s is not None else "",
     )
     with stop_on_signals() as stop:
-        try:
-            stats = Drain(broker, resolve_ca(settings), store, limits, stop).run()
-        except DrainWriteError as exc:
-            raise CommandError(str(exc)) from None
+        stats = Drain(broker, resolve_ca(settings), store, limits, stop).run()
     print(json.dumps(stats.to_metadata()), file=sys.stderr)
     if stats.unacknowledged:
         raise CommandError(
@@ -217,8 +243,7 @@ def cmd_drain(args: argparse.Namespace) -> None:
 def cmd_process(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     store = open_store(settings.storage)
-    dates = [date.fromisoformat(d) for d in args.date or ()]
-    result = process(store, dates, progress=log.info)
+    result = process(store, args.date or (), progress=log.info)
     staged = result.staged
     if staged:
         log.info(
@@ -312,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--date",
         action="append",
+        type=_iso_date,
         help="also rebuild this measurement date (YYYY-MM-DD); repeatable",
     )
     pr.set_defaults(func=cmd_process)
@@ -335,6 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """Storage and AWS failures as one line: what failed, and where."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"storage error: {exc.strerror}{where}"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS error: {error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -344,11 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (CommandError, SettingsError, CACertError, BrokerError) as exc:
-        print(f"data-acq {args.command}: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
         return 0
+    except UsageError as exc:
+        print(f"data-acq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except EXPECTED as exc:
+        print(f"data-acq {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, BotoCoreError, ClientError) as exc:
+        print(f"data-acq {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ The password is kept out of `repr`, so printing the settings never shows it.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ class BrokerSettings:
     protocol: Literal["5", "3.1.1"] = "5"
     ca_cert_url: str | None = None
     ca_cert_file: str | None = None
+    ca_cert_sha256: str | None = None  # the CA's expected SHA-256 fingerprint (hex), if pinned
     keepalive: int = 60
 
     @property
@@ -108,6 +110,7 @@ class Settings:
             protocol=protocol,  # type: ignore[arg-type]
             ca_cert_url=get("CA_CERT_URL"),
             ca_cert_file=get("CA_CERT_FILE"),
+            ca_cert_sha256=get("CA_CERT_SHA256"),
             **({"client_id": cid} if (cid := get("MQTT_CLIENT_ID")) else {}),
         )
         cache = get("DATA_ACQ_CACHE")
@@ -126,7 +129,7 @@ class Settings:
             ) from None
         return cls(
             broker=broker,
-            storage=get("DATA_ACQ_STORAGE") or "data",
+            storage=_storage(get("DATA_ACQ_STORAGE") or "data"),
             subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker, workers),
             drain_window_s=window,
             sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
@@ -145,11 +148,45 @@ def _unshared(topic: str) -> str:
     )
 
 
+def _storage(text: str) -> str:
+    """A local folder, or `s3://bucket[/prefix]` with a bucket name S3 would accept."""
+    if not text.startswith("s3://"):
+        return text
+    bucket = text[5:].partition("/")[0]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise SettingsError(
+            f"DATA_ACQ_STORAGE {text!r} names no valid bucket: expected s3://bucket[/prefix] "
+            "(3 to 63 lower-case letters, digits, dots or hyphens)"
+        )
+    return text
+
+
+def _filter_problem(topic: str) -> str | None:
+    """Why `topic` is not a valid MQTT topic filter (MQTT 5.0, section 4.7), if it is not."""
+    if "\0" in topic or len(topic.encode("utf-8", "surrogatepass")) > 65_535:
+        return "contains NUL or is longer than 65,535 bytes"
+    if topic.startswith("$share/"):
+        parts = topic.split("/", 2)
+        if len(parts) < 3 or not parts[1] or any(c in parts[1] for c in "+#"):
+            return "is not $share/<group>/<filter>"
+        topic = parts[2]
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "uses '#' other than as the whole last level"
+        if "+" in level and level != "+":
+            return "uses '+' other than as a whole level"
+    return None
+
+
 def _topics(text: str, variable: str) -> tuple[str, ...]:
     topics = tuple(t.strip() for t in text.split(",") if t.strip())
     if not topics:
         raise SettingsError(f"{variable} names no topic")
     for topic in topics:
+        problem = _filter_problem(topic)
+        if problem:
+            raise SettingsError(f"{variable} {topic!r} is not a valid topic filter: it {problem}")
         filter_ = _unshared(topic)
         if any(topic_matches_sub(filter_, f"a/node/d/{leaf}") for leaf in ("config", "command")):
             raise SettingsError(
