@@ -1,13 +1,17 @@
 """The production deployment, as far as this machine can run it: the production instance on a
-real PostgreSQL, and the image's entry commands in a virtual environment built like the image.
+real PostgreSQL, its run monitoring failing dead runs in a real daemon, and the image's entry
+commands in a virtual environment built like the image.
 
 No Docker engine runs here, so the image itself is not built; see README ("Deployment").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +21,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import cfnlint.decode as cfnlint_decode
 import pytest
-from dagster import DagsterInstance, Definitions
+import yaml
+from dagster import (
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+)
 
 from data_acq.defs.assets import staged_raw
 from data_acq.defs.jobs import stage_job
@@ -50,14 +64,20 @@ def postgres_db() -> Iterator[str]:
         admin.close()
 
 
-def test_production_instance_runs_on_postgres(
-    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import psycopg2
-
-    home = tmp_path / "dagster_home"
+def _production_home(
+    home: Path,
+    postgres_db: str,
+    moto_s3: MotoS3,
+    monkeypatch: pytest.MonkeyPatch,
+    config: dict[str, object] | None = None,
+) -> Path:
+    """DAGSTER_HOME with deploy/dagster.yaml (or `config`), its environment set as ECS sets it,
+    and the AWS side it loads (compute log bucket, run task definition) in moto."""
     home.mkdir()
-    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    if config is None:
+        shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    else:
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     moto_s3.client().create_bucket(Bucket="acq-logs")  # type: ignore[attr-defined]
     # the run task definition deploy/cfn.yaml declares; EcsRunLauncher reads it when it loads
     boto3.client(
@@ -71,6 +91,7 @@ def test_production_instance_runs_on_postgres(
         memory="512",
     )
     for name, value in {
+        "DAGSTER_HOME": str(home),
         "DAGSTER_PG_HOST": "127.0.0.1",
         "DAGSTER_PG_PORT": "5432",
         "DAGSTER_PG_DB": postgres_db,
@@ -80,6 +101,15 @@ def test_production_instance_runs_on_postgres(
         "DATA_ACQ_RUN_TASK_DEFINITION": "data-acq-run",
     }.items():
         monkeypatch.setenv(name, value)
+    return home
+
+
+def test_production_instance_runs_on_postgres(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
     instance = DagsterInstance.from_config(str(home))
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -104,6 +134,221 @@ def test_production_instance_runs_on_postgres(
         assert cur.fetchone() == ("SUCCESS",)
         cur.execute("select count(*) from event_logs where run_id = %s", (result.run_id,))
         assert cur.fetchone()[0] > 0  # type: ignore[index]
+
+
+def test_production_instance_monitors_runs(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run monitoring is on, as the pinned Dagster reads deploy/dagster.yaml: a dead or hung run
+    ends in FAILURE, which run retries retry, instead of blocking its subscription for ever."""
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_poll_interval_seconds == 60
+        assert instance.run_monitoring_start_timeout_seconds == 300
+        assert instance.run_monitoring_cancel_timeout_seconds == 180
+        assert instance.run_monitoring_max_runtime_seconds == 21600
+        # a dead worker fails the run (and the retry is a new run) rather than being resumed
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 0
+        # the daemon runs the monitoring thread and the retrying one
+        assert {"MONITORING", "EVENT_LOG_CONSUMER"} <= set(instance.get_required_daemon_types())
+        # a dead drain is noticed well within one drain window (DATA_ACQ_DRAIN_WINDOW, 600 s)
+        assert instance.run_monitoring_poll_interval_seconds < 600
+        assert instance.run_monitoring_start_timeout_seconds < 600
+        # the ceiling leaves room for processing a backlog (a day of 1,000 sites: ~6 minutes)
+        assert instance.run_monitoring_max_runtime_seconds >= 4 * 3600
+    finally:
+        instance.dispose()
+
+
+def _filter_terms(pattern: str) -> list[str]:
+    """The terms of a CloudWatch Logs `?"a" ?"b"` pattern (an event matches if it has any)."""
+    terms = re.findall(r'\?"([^"]+)"', pattern)
+    assert terms and re.sub(r'\s*\?"[^"]+"\s*', "", pattern) == "", pattern
+    return terms
+
+
+def _group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)  # the process group of the process this test started
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        _group(process, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            _group(process, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real dagster-daemon on the production instance (PostgreSQL, EcsRunLauncher against
+    moto's ECS, QueuedRunCoordinator, run retries) with only the monitoring intervals shortened,
+    and three dead drain runs: one whose task never started the run (STARTING), one whose ECS
+    task was OOM-killed (STARTED, task STOPPED with exit code 137) and one hung past its
+    dagster/max_runtime tag (STARTED, task running). Each ends in FAILURE, gets a retry run,
+    and writes a daemon log line that the failed-drain alarm's metric filter (deploy/cfn.yaml)
+    counts."""
+    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config["run_monitoring"].update(poll_interval_seconds=1, start_timeout_seconds=2)
+    # keep the retries queued: launching them would start ECS tasks, which moto cannot run
+    config["concurrency"]["runs"]["max_concurrent_runs"] = 0
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch, config)
+    code_port = free_port()
+    monkeypatch.setenv("DAGSTER_CODE_HOST", "127.0.0.1")  # read by deploy/workspace.yaml
+    monkeypatch.setenv("DAGSTER_CODE_PORT", str(code_port))
+    monkeypatch.setenv("DATA_ACQ_STORAGE", str(tmp_path / "store"))
+    ecs = boto3.client("ecs", endpoint_url=moto_s3.endpoint, region_name="us-east-1")
+    ecs.create_cluster(clusterName="data-acq")
+    # moto cannot start awsvpc tasks, so the stand-in run tasks come from a plain definition
+    ecs.register_task_definition(
+        family="stand-in-run",
+        containerDefinitions=[{"name": "run", "image": "data-acq:test", "memory": 512}],
+    )
+
+    bin_dir = Path(sys.executable).parent
+    daemon_log = tmp_path / "daemon.log"
+    processes: list[subprocess.Popen[bytes]] = []
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        # the code location, as the code-server service serves it
+        processes.append(
+            subprocess.Popen(
+                [
+                    *(str(bin_dir / "dagster"), "api", "grpc", "-h", "127.0.0.1"),
+                    *("-p", str(code_port), "-m", "data_acq.definitions"),
+                ],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        health = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
+        assert _until(
+            lambda: subprocess.run(health, capture_output=True, check=False).returncode == 0,
+            timeout=60,
+        ), "the code server did not start"
+
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+        from data_acq.definitions import defs
+
+        target = WorkspaceFileTarget(paths=[str(DEPLOY / "workspace.yaml")])
+        with WorkspaceProcessContext(instance, target) as workspace:
+            location = workspace.create_request_context().get_code_location("data_acq")
+            remote_drain = location.get_repository("__repository__").get_full_job("drain")
+        drain = defs.resolve_job_def("drain")
+
+        with daemon_log.open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [str(bin_dir / "dagster-daemon"), "run", "-w", str(DEPLOY / "workspace.yaml")],
+                    cwd=tmp_path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        # the retrying thread ignores failures from before its first pass: wait for it
+        cursor = f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType.RUN_FAILURE.value}"
+        assert _until(
+            lambda: bool(instance.daemon_cursor_storage.get_cursor_values({cursor})), timeout=60
+        ), daemon_log.read_text()
+
+        def dead_run(subscription: str, event: DagsterEventType, **tags: str) -> str:
+            run = instance.create_run_for_job(
+                drain,
+                tags={**drain.tags, "data_acq/subscription": subscription, **tags},
+                remote_job_origin=remote_drain.get_remote_origin(),
+                job_code_origin=remote_drain.get_python_origin(),
+            )
+            # what EcsRunLauncher (STARTING) and then the run worker (STARTED) would record
+            instance.report_dagster_event(
+                DagsterEvent(event_type_value=event.value, job_name=drain.name), run.run_id
+            )
+            return run.run_id
+
+        def stand_in_task() -> str:
+            started = ecs.run_task(
+                cluster="data-acq", taskDefinition="stand-in-run", launchType="FARGATE"
+            )
+            return started["tasks"][0]["taskArn"]
+
+        never_started = dead_run("never-started", DagsterEventType.RUN_STARTING)
+        oom_task = stand_in_task()
+        ecs.stop_task(
+            cluster="data-acq", task=oom_task, reason="OutOfMemoryError: Container killed"
+        )
+        # what ECS reports for an OOM kill; moto has no call to set a container's exit code
+        from moto.ecs.models import ecs_backends
+
+        account = oom_task.split(":")[4]
+        for container in ecs_backends[account]["us-east-1"].tasks["data-acq"][oom_task].containers:
+            container.exitCode = 137
+        oom_killed = dead_run(
+            "oom-killed",
+            DagsterEventType.RUN_START,
+            **{"ecs/task_arn": oom_task, "ecs/cluster": "data-acq"},
+        )
+        hung_task = stand_in_task()
+        hung = dead_run(
+            "hung",
+            DagsterEventType.RUN_START,
+            **{"ecs/task_arn": hung_task, "ecs/cluster": "data-acq", "dagster/max_runtime": "1"},
+        )
+        dead = [never_started, oom_killed, hung]
+
+        def retries() -> dict[str, DagsterRun]:
+            return {
+                run.parent_run_id: run
+                for run in instance.get_runs(RunsFilter(job_name="drain"))
+                if run.parent_run_id in dead
+            }
+
+        assert _until(lambda: len(retries()) == 3, timeout=60), daemon_log.read_text()
+        for run_id in dead:
+            run = instance.get_run_by_id(run_id)
+            assert run is not None and run.status == DagsterRunStatus.FAILURE
+            retry = retries()[run_id]
+            assert retry.status == DagsterRunStatus.QUEUED
+            assert retry.tags["data_acq/subscription"] == run.tags["data_acq/subscription"]
+            assert retry.tags["dagster/retry_number"] == "1"
+
+        def failure(run_id: str) -> str:
+            (event,) = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+            return event.message
+
+        assert "taking longer than 2 seconds to start" in failure(never_started)
+        assert "exit code 137" in failure(oom_killed)
+        assert "OutOfMemoryError" in failure(oom_killed)
+        assert "Exceeded maximum runtime of 1 seconds" in failure(hung)
+        (task,) = ecs.describe_tasks(cluster="data-acq", tasks=[hung_task])["tasks"]
+        assert task["lastStatus"] == "STOPPED"  # the hung task was stopped
+    finally:
+        _stop(processes)
+        instance.dispose()
+
+    # the alarm: each failure left a daemon log line that its metric filter matches
+    template, _ = cfnlint_decode.decode_str((DEPLOY / "cfn.yaml").read_text())
+    assert isinstance(template, dict)
+    metric_filter = template["Resources"]["DaemonLogRunMonitoringFailureFilter"]["Properties"]
+    assert metric_filter["LogGroupName"] == {"Ref": "DaemonLogGroup"}
+    terms = _filter_terms(metric_filter["FilterPattern"])
+    lines = daemon_log.read_text(errors="replace").splitlines()
+    counted = [line for line in lines if any(term in line for term in terms)]
+    assert any(f"Marking run {oom_killed} as failed" in line for line in counted), lines
+    assert any("seconds to start" in line for line in counted), lines
+    assert any(hung in line and "exceeded maximum runtime" in line for line in counted), lines
 
 
 def test_dockerfile_runs_unprivileged_from_the_lock_without_secrets() -> None:

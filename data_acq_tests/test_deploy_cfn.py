@@ -1,8 +1,12 @@
 """The AWS deployment template, deploy/cfn.yaml: cfn-lint finds nothing, the resources the
-deployment needs are declared, the bucket is locked down and no secret is written into it.
+deployment needs are declared, the bucket is locked down, no secret is written into it, the web
+UI is internal or behind HTTPS and a login, and the containers get the broker CA's pin.
 
 Nothing is deployed; the template is read as CloudFormation reads it (short-form intrinsics
-such as !Ref and !Sub included) by cfn-lint's own loader.
+such as !Ref and !Sub included) by cfn-lint's own loader. For the access modes it is rendered
+here for given parameter values: conditions evaluated, `!If` branches chosen, resources of false
+conditions dropped, and the Rules' assertions evaluated (Fn::Equals, Fn::Not, Fn::And, Fn::Or,
+Fn::EachMemberEquals) -- a model of what CloudFormation does with them, not CloudFormation.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def _is_dynamic_reference(value: Any) -> bool:
 
 def _is_literal(value: Any) -> bool:
     """Whether the value is written into the template rather than referenced from elsewhere."""
+    if isinstance(value, bool):
+        return False  # a switch (GenerateSecret: true), not a value
     if isinstance(value, str | int | float):
         return not _is_dynamic_reference(value)
     if isinstance(value, Mapping) and len(value) == 1:
@@ -255,3 +261,264 @@ def test_launcher_role_may_pass_only_the_run_task_roles(template: dict[str, Any]
     ]
     (run_task,) = [s for s in statements if s["Action"] == "ecs:RunTask"]
     assert "task-definition/data-acq-run:*" in run_task["Resource"]["Fn::Sub"]
+
+
+# --- the web UI's access modes, the broker CA's pin, the failed-drain alarm -------------------
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+# values for the parameters without a default
+REQUIRED = {
+    "VpcId": "vpc-0123456789abcdef0",
+    "PrivateSubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "AllowedCidr": "10.8.0.0/16",
+    "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/data-acq:1",
+    "MqttClientId": "data-acq-test",
+}
+PUBLIC = {
+    "WebUiAccess": "public-with-login",
+    "CertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-aaaa-bbbb-cccc",
+    "WebUiDomainName": "dagster.example.org",
+    "PublicSubnetIds": "subnet-0123456789abcdef2,subnet-0123456789abcdef3",
+}
+PIN = ":".join(["AB"] * 32)  # the way `openssl x509 -noout -fingerprint -sha256` prints one
+
+
+def _parameters(template: Mapping[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, spec in template["Parameters"].items():
+        value = {**REQUIRED, **overrides}.get(name, spec.get("Default"))
+        assert value is not None, f"no value for {name}"
+        is_list = spec["Type"] == "CommaDelimitedList" or spec["Type"].startswith("List<")
+        values[name] = str(value).split(",") if is_list else str(value)
+    return values
+
+
+def _evaluate(node: Any, parameters: Mapping[str, Any], condition: Any) -> Any:
+    """A condition or rule assertion, with the functions this template uses."""
+    if isinstance(node, Mapping) and len(node) == 1:
+        ((function, argument),) = node.items()
+        if function == "Ref":
+            return parameters[argument]
+        if function == "Condition":
+            return condition(argument)
+        values = [_evaluate(item, parameters, condition) for item in argument]
+        if function == "Fn::Equals":
+            return str(values[0]) == str(values[1])
+        if function == "Fn::Not":
+            return not values[0]
+        if function == "Fn::And":
+            return all(values)
+        if function == "Fn::Or":
+            return any(values)
+        if function == "Fn::EachMemberEquals":
+            return all(str(member) == str(values[1]) for member in values[0])
+        raise AssertionError(f"not modelled here: {function}")
+    return node
+
+
+def _conditions(template: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, bool]:
+    specs, done = template["Conditions"], {}
+
+    def condition(name: str) -> bool:
+        if name not in done:
+            done[name] = bool(_evaluate(specs[name], parameters, condition))
+        return done[name]
+
+    return {name: condition(name) for name in specs}
+
+
+def _resolve(node: Any, conditions: Mapping[str, bool]) -> Any:
+    """`node` with each `!If` replaced by its chosen branch and AWS::NoValue removed."""
+    if isinstance(node, Mapping):
+        if set(node) == {"Fn::If"}:
+            name, true, false = node["Fn::If"]
+            return _resolve(true if conditions[name] else false, conditions)
+        resolved = {key: _resolve(value, conditions) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value != NO_VALUE}
+    if isinstance(node, list):
+        return [i for i in (_resolve(item, conditions) for item in node) if i != NO_VALUE]
+    return node
+
+
+def _render(template: Mapping[str, Any], **overrides: str) -> dict[str, Any]:
+    """Resources and outputs as CloudFormation would create them for these parameter values."""
+    conditions = _conditions(template, _parameters(template, overrides))
+
+    def kept(section: str) -> dict[str, Any]:
+        return {
+            name: _resolve(item, conditions)
+            for name, item in template[section].items()
+            if conditions.get(item.get("Condition", ""), True)
+        }
+
+    return {"Resources": kept("Resources"), "Outputs": kept("Outputs")}
+
+
+def _refusals(template: Mapping[str, Any], **overrides: str) -> list[str]:
+    """The AssertDescription of every Rules assertion that these parameter values fail."""
+    parameters = _parameters(template, overrides)
+    conditions = _conditions(template, parameters)
+    refused = []
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not _evaluate(
+            rule["RuleCondition"], parameters, conditions.__getitem__
+        ):
+            continue
+        for assertion in rule["Assertions"]:
+            if not _evaluate(assertion["Assert"], parameters, conditions.__getitem__):
+                refused.append(assertion["AssertDescription"])
+    return refused
+
+
+def _listeners(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in _of_type(rendered, "AWS::ElasticLoadBalancingV2::Listener").items()
+    }
+
+
+def _actions(listener: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return sorted(listener["DefaultActions"], key=lambda action: action.get("Order", 50000))
+
+
+def test_template_parses_with_its_sections(template: dict[str, Any]) -> None:
+    assert {"Parameters", "Rules", "Conditions", "Resources", "Outputs"} <= set(template)
+    assert _render(template)["Resources"]  # every condition and !If resolves
+
+
+def test_web_ui_is_behind_an_internal_load_balancer_by_default(template: dict[str, Any]) -> None:
+    access = template["Parameters"]["WebUiAccess"]
+    assert access["Default"] == "internal"
+    assert access["AllowedValues"] == ["internal", "public-with-login"]
+
+    rendered = _render(template)
+    balancer = rendered["Resources"]["LoadBalancer"]["Properties"]
+    assert balancer["Scheme"] == "internal"
+    assert balancer["Subnets"] == {"Ref": "PrivateSubnetIds"}
+    (listener,) = _listeners(rendered).values()
+    assert (listener["Protocol"], listener["Port"]) == ("HTTP", 80)
+    assert [a["Type"] for a in _actions(listener)] == ["forward"]
+    assert not _of_type(rendered, "AWS::Cognito::UserPool")
+    assert "WebUiUserPoolId" not in rendered["Outputs"]
+
+    # internal with a certificate: HTTPS and the redirect, still internal and without a login
+    rendered = _render(template, CertificateArn=PUBLIC["CertificateArn"])
+    assert rendered["Resources"]["LoadBalancer"]["Properties"]["Scheme"] == "internal"
+    listeners = {(p["Protocol"], p["Port"]): _actions(p) for p in _listeners(rendered).values()}
+    assert [a["Type"] for a in listeners["HTTPS", 443]] == ["forward"]
+    assert [a["Type"] for a in listeners["HTTP", 80]] == ["redirect"]
+
+
+def test_public_web_ui_is_https_only_and_signs_in_before_forwarding(
+    template: dict[str, Any],
+) -> None:
+    rendered = _render(template, **PUBLIC)
+    resources = rendered["Resources"]
+    balancer = resources["LoadBalancer"]["Properties"]
+    assert balancer["Scheme"] == "internet-facing"
+    assert balancer["Subnets"] == {"Ref": "PublicSubnetIds"}
+
+    listeners = {(p["Protocol"], p["Port"]): p for p in _listeners(rendered).values()}
+    assert set(listeners) == {("HTTPS", 443), ("HTTP", 80)}
+    https = listeners["HTTPS", 443]
+    assert https["Certificates"] == [{"CertificateArn": {"Ref": "CertificateArn"}}]
+    assert https["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    login, forward = _actions(https)
+    assert login["Type"] == "authenticate-cognito" and forward["Type"] == "forward"
+    assert login["Order"] < forward["Order"]
+    cognito = login["AuthenticateCognitoConfig"]
+    assert cognito["UserPoolArn"] == {"Fn::GetAtt": ["WebUiUserPool", "Arn"]}
+    assert cognito["UserPoolClientId"] == {"Ref": "WebUiUserPoolClient"}
+    assert cognito["OnUnauthenticatedRequest"] == "authenticate"
+    assert cognito["UserPoolDomain"] == resources["WebUiUserPoolDomain"]["Properties"]["Domain"]
+    assert forward["TargetGroupArn"] == {"Ref": "WebserverTargetGroup"}
+    (redirect,) = _actions(listeners["HTTP", 80])
+    assert redirect["Type"] == "redirect"
+    assert (redirect["RedirectConfig"]["Protocol"], redirect["RedirectConfig"]["Port"]) == (
+        "HTTPS",
+        "443",
+    )
+
+    # operators are added by an administrator and sign in with a password and a TOTP code
+    pool = resources["WebUiUserPool"]["Properties"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert pool["MfaConfiguration"] == "ON"
+    client = resources["WebUiUserPoolClient"]["Properties"]
+    assert client["GenerateSecret"] is True and client["AllowedOAuthFlows"] == ["code"]
+    assert client["CallbackURLs"] == [{"Fn::Sub": "https://${WebUiDomainName}/oauth2/idpresponse"}]
+    assert not [path for path, key, _ in _walk(template) if key == "ClientSecret"]
+    # the load balancer reaches the user pool's token endpoint
+    egress = resources["LoadBalancerSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert any(rule["FromPort"] == 443 and rule["CidrIp"] == "0.0.0.0/0" for rule in egress)
+    assert rendered["Outputs"]["WebUiUrl"]["Value"] == {"Fn::Sub": "https://${WebUiDomainName}"}
+    assert "WebUiUserPoolId" in rendered["Outputs"]
+
+
+def test_rules_refuse_an_open_web_ui(template: dict[str, Any]) -> None:
+    assert _refusals(template) == []
+    assert _refusals(template, **PUBLIC) == []
+    assert _refusals(template, **PUBLIC, AllowedCidr="0.0.0.0/0") == []  # the login is the gate
+    for missing, named in (
+        ("CertificateArn", "CertificateArn"),
+        ("WebUiDomainName", "WebUiDomainName"),
+        ("PublicSubnetIds", "PublicSubnetIds"),
+    ):
+        (refusal,) = _refusals(template, **{**PUBLIC, missing: ""})
+        assert named in refusal
+    (refusal,) = _refusals(template, AllowedCidr="0.0.0.0/0")  # internal: no login at all
+    assert "0.0.0.0/0" in refusal
+
+    pattern = template["Parameters"]["AllowedCidr"]["AllowedPattern"]
+    for accepted in ("10.8.0.0/16", "203.0.113.7/32", "0.0.0.0/0"):
+        assert re.fullmatch(pattern, accepted), accepted
+    for refused in ("10.8.0.0", "10.8.0.0/33", "203.0.113.7/0", "10.8.0.0/16,0.0.0.0/0"):
+        assert not re.fullmatch(pattern, refused), refused
+
+
+def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["CaCertSha256"]
+    assert parameter["Default"] == ""
+    for accepted in ("", PIN, PIN.replace(":", ""), PIN.lower()):
+        assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
+    for refused in (f"sha256 Fingerprint={PIN}", PIN[:-3], "not-a-fingerprint"):
+        assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
+
+    def environments(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            definition["Properties"]["Family"]: {
+                e["Name"]: e["Value"]
+                for e in definition["Properties"]["ContainerDefinitions"][0]["Environment"]
+            }
+            for definition in _of_type(rendered, "AWS::ECS::TaskDefinition").values()
+        }
+
+    pinned = environments(_render(template, CaCertSha256=PIN))
+    assert {"data-acq-code-server", "data-acq-run"} <= set(pinned)
+    for family, env in pinned.items():
+        if "CA_CERT_URL" in env:  # wherever the CA is fetched, it is checked
+            assert env["CA_CERT_SHA256"] == {"Ref": "CaCertSha256"}, family
+    assert "CA_CERT_SHA256" in pinned["data-acq-code-server"]
+    assert "CA_CERT_SHA256" in pinned["data-acq-run"]
+    # not pinned: no variable at all rather than an empty one
+    assert not [f for f, env in environments(_render(template)).items() if "CA_CERT_SHA256" in env]
+
+
+def test_failed_drain_alarm_counts_runs_failed_by_monitoring(template: dict[str, Any]) -> None:
+    filters = _of_type(template, "AWS::Logs::MetricFilter")
+    monitoring = filters["DaemonLogRunMonitoringFailureFilter"]["Properties"]
+    assert monitoring["LogGroupName"] == {"Ref": "DaemonLogGroup"}
+    (transformation,) = monitoring["MetricTransformations"]
+    assert transformation["MetricName"] == "RunsFailedByMonitoring"
+    # the lines it must match are those of a real daemon: test_deploy.py's run monitoring test
+
+    alarm = _resources(template)["FailedDrainRunsAlarm"]["Properties"]
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert {m["MetricName"] for m in stats.values()} == {
+        "FailedDrainRuns",
+        "RunsFailedByMonitoring",
+    }
+    assert all(m["Namespace"] == transformation["MetricNamespace"] for m in stats.values())
+    (expression,) = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert all(metric_id in expression["Expression"] for metric_id in stats)
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["Threshold"] == 1
