@@ -10,7 +10,7 @@ own process(es):
 
 - mosquitto_sub: Debian's `mosquitto_sub -q 1 -c -i <id> -C N`, output to a file; timed from
   process start until it exits after the N-th message;
-- drain-local:   `data_acq.drain.Drain` into a `LocalStore` (fsynced gzip NDJSON objects),
+- drain-local:   `data_acq.acquire.drain.Drain` into a `LocalStore` (fsynced gzip NDJSON objects),
   timed from the start of `run()` until `stats.stored == N` (the `on_flush` callback notes the
   time and sets `stop`, so the run ends at once);
 - drain-s3:      the same into an `S3Store` on moto's ThreadedMotoServer (run in this, the
@@ -139,7 +139,7 @@ def worker_client_ids(workers: int) -> list[str]:
 
 def drain_receive_maximum() -> int:
     """The Receive Maximum `Drain.run()` sends on MQTT v5."""
-    from data_acq.drain import DrainLimits
+    from data_acq.acquire.drain import DrainLimits
 
     return min(65_535, 2 * DrainLimits().batch_messages)
 
@@ -222,7 +222,7 @@ def child_drain_worker(args: argparse.Namespace) -> dict[str, Any]:
     workers start together. Times are CLOCK_MONOTONIC (system-wide on Linux), so the parent can
     compare them across workers.
     """
-    from data_acq.drain import Drain, DrainLimits, DrainStats
+    from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
     from data_acq.storage import LocalStore
 
     broker = broker_settings(args.port, args.client_id, args.protocol, args.topic)
@@ -256,7 +256,7 @@ def child_drain_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_drain(args: argparse.Namespace) -> dict[str, Any]:
-    from data_acq.drain import Drain, DrainLimits, DrainStats
+    from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
     from data_acq.storage import LocalStore, ObjectStore, S3Store
 
     store: ObjectStore
@@ -294,8 +294,8 @@ def child_drain(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_paho(args: argparse.Namespace) -> dict[str, Any]:
     """paho alone, connected as the drain connects; acknowledges each message on arrival."""
-    from data_acq.broker import connect, make_client
-    from data_acq.drain import DrainLimits
+    from data_acq.acquire.broker import connect, make_client
+    from data_acq.acquire.drain import DrainLimits
 
     broker = broker_settings(args.port, args.client_id, args.protocol)
     client = make_client(broker, None, persistent=True, manual_ack=True)
@@ -380,7 +380,7 @@ class Setup:
 
 
 def simulated_messages(count: int, sites: int, seed: int) -> list[tuple[str, bytes]]:
-    from data_acq.simulate import SimulationSpec, simulate
+    from data_acq.devtools.simulate import SimulationSpec, simulate
 
     spec = SimulationSpec(
         sites=sites,
@@ -399,7 +399,7 @@ def create_drain_session(
     port: int, client_id: str, protocol: str, workdir: Path, topic: str = TOPIC_FILTER
 ) -> None:
     """Run the drain once (persistent session and subscription), let it go idle and leave."""
-    from data_acq.drain import Drain, DrainLimits
+    from data_acq.acquire.drain import Drain, DrainLimits
     from data_acq.storage import LocalStore
 
     drain = Drain(
@@ -429,7 +429,7 @@ def session_present(port: int, client_id: str, protocol: str, expiry_s: int) -> 
     On MQTT v5 a reconnection sets the session expiry anew, so it sends the owner's. Nothing is
     queued yet, so this delivers nothing.
     """
-    from data_acq.broker import connect, make_client
+    from data_acq.acquire.broker import connect, make_client
 
     broker = broker_settings(port, client_id, protocol)
     client = make_client(broker, None, persistent=True, manual_ack=True)
@@ -560,8 +560,8 @@ _SHOWN = {"seconds", "run_seconds", "vm_hwm", "messages"}
 
 
 def run_drain(setup: Setup, contender: str) -> Result:
-    from data_acq.local_broker import free_port
-    from data_acq.raw import raw_keys, read_raw
+    from data_acq.acquire.raw import raw_keys, read_raw
+    from data_acq.devtools.local_broker import free_port
     from data_acq.storage import LocalStore, ObjectStore, S3Store
 
     moto = None
@@ -602,7 +602,7 @@ def run_drain(setup: Setup, contender: str) -> Result:
 
 def run_parallel(setup: Setup) -> Result:
     """drain-parallel: one child per worker, started together, each on its own shared session."""
-    from data_acq.raw import raw_keys, read_raw
+    from data_acq.acquire.raw import raw_keys, read_raw
     from data_acq.storage import LocalStore
 
     count = len(setup.messages)
@@ -801,9 +801,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("mosquitto_sub is not installed (Debian: apt-get install mosquitto-clients)")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
 
-    from data_acq.broker import publish_all
-    from data_acq.drain import DrainLimits
-    from data_acq.local_broker import LocalMosquitto
+    from data_acq.acquire.broker import publish_all
+    from data_acq.acquire.drain import DrainLimits
+    from data_acq.devtools.local_broker import LocalMosquitto
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="drain-", dir=OUT_DIR))

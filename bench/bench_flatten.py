@@ -3,7 +3,7 @@
 Three contenders flatten the same raw-records NDJSON file (one `encode_record` line per simulated
 message) to a Parquet `readings` table (site, time, vid, device, field, value, value_text):
 
-- project: `data_acq.flatten.iter_flatten` over `read_records`, streamed by `write_parquet`;
+- project: `data_acq.curate.flatten.iter_flatten` over `read_records`, streamed by `write_parquet`;
 - duckdb:  the same flattening in SQL over `read_ndjson`, written by `COPY ... TO` Parquet;
 - python:  a plain per-message transform (`json.loads`, one dict per row, Polars, Parquet).
 
@@ -78,7 +78,7 @@ copy (
 
 
 def run_project(input_path: Path, output_path: Path) -> int:
-    from data_acq.flatten import READINGS_SCHEMA, iter_flatten, write_parquet
+    from data_acq.curate.flatten import READINGS_SCHEMA, iter_flatten, write_parquet
     from data_acq.messages import read_records
 
     with input_path.open("rb") as lines:
@@ -144,7 +144,7 @@ def run_python(input_path: Path, output_path: Path) -> int:
     import polars as pl
     import pyarrow.parquet as pq
 
-    from data_acq.flatten import READINGS_SCHEMA
+    from data_acq.curate.flatten import READINGS_SCHEMA
 
     rows_written = 0
     arrow_schema = READINGS_SCHEMA.to_frame().to_arrow().schema
@@ -203,8 +203,8 @@ class Result:
 
 
 def generate_input(sites: int, hours: int, seed: int, path: Path) -> InputStats:
+    from data_acq.devtools.simulate import SimulationSpec, simulate
     from data_acq.messages import encode_record
-    from data_acq.simulate import SimulationSpec, simulate
 
     spec = SimulationSpec(
         sites=sites, minutes=hours * 60, seed=seed, duplicate_rate=0.0, outage_sites=0

@@ -5,7 +5,7 @@ from the simulator: by default 1,000 sites x 24 h = 1.44 million payloads, with 
 deliveries, an outage backlog and malformed messages. Two contenders run in child processes, one
 after the other, each reporting its own peak RSS (VmHWM from /proc):
 
-- project: `data_acq.process.process` (stage: raw -> per-date staging; build: curated tables,
+- project: `data_acq.curate.units.process` (stage: raw -> per-date staging; build: curated tables,
   aggregates; then the DuckDB warehouse), with the time of each stage;
 - duckdb:  DuckDB's SQL route for the flattening alone: `read_ndjson` over the same raw objects,
   readings flattened in SQL and written to Parquet (the anchor for the project's stage step).
@@ -73,9 +73,9 @@ def vm_hwm_bytes() -> int:
 
 
 def generate(root: Path, sites: int, hours: float, seed: int) -> dict[str, Any]:
+    from data_acq.acquire.raw import encode_object, raw_key
+    from data_acq.devtools.simulate import SimulationSpec, simulate
     from data_acq.messages import encode_record
-    from data_acq.raw import encode_object, raw_key
-    from data_acq.simulate import SimulationSpec, simulate
     from data_acq.storage import LocalStore
 
     store = LocalStore(root)
@@ -104,9 +104,9 @@ def generate(root: Path, sites: int, hours: float, seed: int) -> dict[str, Any]:
 
 
 def child_project(root: Path) -> dict[str, Any]:
-    from data_acq.process import build_date, new_raw_keys, stage
+    from data_acq.curate.units import build_date, new_raw_keys, stage
+    from data_acq.curate.warehouse import refresh_warehouse
     from data_acq.storage import LocalStore
-    from data_acq.warehouse import refresh_warehouse
 
     store = LocalStore(root)
     started = time.perf_counter()

@@ -17,19 +17,25 @@ import paho.mqtt.client as mqtt
 from botocore.exceptions import BotoCoreError, ClientError
 
 from data_acq import layout
-from data_acq.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
-from data_acq.ca_cert import CACertError, resolve_ca
+from data_acq.acquire.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
+from data_acq.acquire.ca_cert import CACertError, resolve_ca
+from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainWriteError
 from data_acq.contract import Rejection, parse_payload
-from data_acq.drain import Drain, DrainError, DrainLimits, DrainWriteError
-from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, Tables, iter_flatten, write_parquet
+from data_acq.curate.feed import QueueError, send_new_documents
+from data_acq.curate.flatten import (
+    READINGS_SCHEMA,
+    STATUS_SCHEMA,
+    Tables,
+    iter_flatten,
+    write_parquet,
+)
+from data_acq.curate.units import process
+from data_acq.curate.warehouse import refresh_warehouse_in
+from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
 from data_acq.messages import read_lines
 from data_acq.pipeline_format import to_pipeline
-from data_acq.pipeline_queue import QueueError, send_new_documents
-from data_acq.process import process
 from data_acq.settings import Settings, SettingsError
-from data_acq.simulate import SimulationSpec, parse_start, simulate
 from data_acq.storage import StorageError, open_store
-from data_acq.warehouse import refresh_warehouse_in
 
 log = logging.getLogger("data_acq")
 
@@ -274,13 +280,13 @@ def cmd_process(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from data_acq.demo import run_demo
+    from data_acq.devtools.demo import run_demo
 
     run_demo(Path(args.output), sites=args.sites, hours=args.hours, seed=args.seed)
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from data_acq.ui import run_ui
+    from data_acq.devtools.ui import run_ui
 
     code = run_ui(
         Path(args.folder), sites=args.sites, hours=args.hours, speed=args.speed, port=args.port

@@ -50,8 +50,9 @@ class ObjectStore(Protocol):
         """Copy `key` to the local `path`; False when there is no such object."""
         ...
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
-        """Keys under `prefix`, in lexical order."""
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
+        """Keys under `prefix`, in lexical order; only those after `start_after`, if given
+        (S3's StartAfter: a listing that starts there costs what lies after it)."""
         ...
 
     def delete(self, keys: list[str]) -> None:
@@ -144,17 +145,32 @@ class LocalStore:
         shutil.copyfile(source, path)
         return True
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
-        base = self.root / prefix
-        folder = base if base.is_dir() else base.parent
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
+        folder = self.root / prefix.rpartition("/")[0]  # the folder the prefix's keys are in
         if not folder.is_dir():
             return
-        keys = (
-            path.relative_to(self.root).as_posix()
-            for path in folder.rglob("*")
-            if path.is_file() and not path.name.startswith(".")
+        relative = folder.relative_to(self.root).as_posix()
+        yield from self._walk(
+            folder, "" if relative == "." else f"{relative}/", prefix, start_after
         )
-        yield from sorted(key for key in keys if key.startswith(prefix))
+
+    def _walk(self, folder: Path, at: str, prefix: str, start_after: str) -> Iterator[str]:
+        """Keys in lexical order, never entering a folder whose keys all miss `prefix` or all
+        come before `start_after` (a folder's keys sort as its name plus '/')."""
+        entries = []
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if not entry.name.startswith("."):
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    entries.append((f"{at}{entry.name}{'/' if is_dir else ''}", is_dir))
+        for key, is_dir in sorted(entries):
+            if not is_dir:
+                if key.startswith(prefix) and key > start_after:
+                    yield key
+            elif (key.startswith(prefix) or prefix.startswith(key)) and (
+                key >= start_after or start_after.startswith(key)
+            ):
+                yield from self._walk(folder / key[len(at) : -1], key, prefix, start_after)
 
     def delete(self, keys: list[str]) -> None:
         root = self.root.resolve()
@@ -226,10 +242,11 @@ class S3Store:
             raise
         return True
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         strip = len(self._key(""))
+        after = {"StartAfter": self._key(start_after)} if start_after else {}
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._key(prefix)
+            Bucket=self.bucket, Prefix=self._key(prefix), **after
         )
         for page in pages:
             for item in page.get("Contents", []):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data_acq.local_broker import LocalMosquitto
+from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.settings import BrokerSettings
 from data_acq_tests.certs import TLSFiles, make_tls_files
 
@@ -151,7 +151,7 @@ class MotoS3:
 
 @pytest.fixture
 def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    from data_acq.local_broker import free_port
+    from data_acq.devtools.local_broker import free_port
 
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",

@@ -6,11 +6,11 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from data_acq.broker import publish_all
-from data_acq.drain import Drain, DrainLimits, DrainStats
-from data_acq.raw import raw_keys, read_raw
+from data_acq.acquire.broker import publish_all
+from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
+from data_acq.acquire.raw import raw_keys, read_raw
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.settings import BrokerSettings
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import ObjectStore
 
 

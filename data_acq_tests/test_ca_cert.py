@@ -18,9 +18,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from data_acq.ca_cert import CACertError, download_ca_cert, local_ca_cert, resolve_ca
+from data_acq.acquire.ca_cert import CACertError, download_ca_cert, local_ca_cert, resolve_ca
 from data_acq.defs.resources import CACertificate, build_resources
-from data_acq.local_broker import free_port
+from data_acq.devtools.local_broker import free_port
 from data_acq.settings import Settings
 from data_acq_tests.certs import TLSFiles
 from data_acq_tests.conftest import HTTPSServer

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data_acq.local_broker import free_port
-from data_acq.simulate import SimulationSpec, simulate
+from data_acq.devtools.local_broker import free_port
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore
 from data_acq_tests.test_process_dagster import _put_lines
 

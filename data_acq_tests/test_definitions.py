@@ -10,8 +10,8 @@ from dagster import DagsterInstance, DefaultSensorStatus, Definitions
 from data_acq.defs.jobs import broker_check
 from data_acq.defs.resources import build_resources
 from data_acq.defs.sensors import build_drain_sensor, build_processing_sensors
+from data_acq.devtools.ui import ui_environment
 from data_acq.settings import Settings
-from data_acq.ui import ui_environment
 from data_acq_tests.conftest import MQTT_PASSWORD, MQTT_USER, SecureBroker
 
 

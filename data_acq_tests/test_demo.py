@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from data_acq.local_broker import LocalMosquitto
+from data_acq.devtools.local_broker import LocalMosquitto
 
 
 def test_demo_runs_the_whole_pipeline_and_reports(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from dagster import (
 from data_acq.defs.assets import staged_raw
 from data_acq.defs.jobs import stage_job
 from data_acq.defs.resources import LocalStorage
-from data_acq.local_broker import free_port
+from data_acq.devtools.local_broker import free_port
 from data_acq_tests.conftest import MotoS3
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from data_acq.broker import BrokerError
-from data_acq.drain import Drain, DrainError, DrainLimits
-from data_acq.local_broker import LocalMosquitto
-from data_acq.raw import raw_keys, read_raw_object
+from data_acq.acquire.broker import BrokerError
+from data_acq.acquire.drain import Drain, DrainError, DrainLimits
+from data_acq.acquire.raw import raw_keys, read_raw_object
+from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.settings import BrokerSettings, Settings
 from data_acq.storage import LocalStore
 from data_acq_tests.drain_helpers import (

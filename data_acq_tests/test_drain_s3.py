@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_acq.drain import DrainWriteError
-from data_acq.local_broker import LocalMosquitto
+from data_acq.acquire.drain import DrainWriteError
+from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.settings import BrokerSettings
 from data_acq.storage import ObjectExists, S3Store, open_store
 from data_acq_tests.conftest import MotoS3

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import polars as pl
 
 from data_acq.contract import parse_payload
-from data_acq.flatten import READINGS_SCHEMA, STATUS_SCHEMA, flatten
+from data_acq.curate.flatten import READINGS_SCHEMA, STATUS_SCHEMA, flatten
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import Message, encode_record, read_records
 from data_acq.pipeline_format import to_pipeline
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq_tests.conftest import FIXTURES
 
 

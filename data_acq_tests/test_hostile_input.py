@@ -12,14 +12,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from data_acq.charts import write_charts
+from data_acq.curate.charts import write_charts
+from data_acq.curate.units import process
+from data_acq.curate.warehouse import refresh_warehouse
+from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.layout import CURATED
-from data_acq.local_broker import LocalMosquitto
-from data_acq.process import process
 from data_acq.settings import BrokerSettings
 from data_acq.sites import site_from_key, site_key
 from data_acq.storage import LocalStore
-from data_acq.warehouse import refresh_warehouse
 from data_acq_tests.drain_helpers import publish_in_background, start_drain
 
 DAY = date(2024, 10, 12)
@@ -139,8 +139,8 @@ def test_a_raw_object_that_cannot_be_read_is_rejected_not_fatal(tmp_path: Path) 
     store.put_new(
         f"raw/date=2024-10-12/hour=11/{received:%Y%m%dT%H%M%S%fZ}-x-bad.ndjson.gz", b"junk"
     )
+    from data_acq.acquire.raw import encode_object, raw_key
     from data_acq.messages import encode_record
-    from data_acq.raw import encode_object, raw_key
 
     good = encode_object(
         [encode_record("a/s1/u/data", _valid(0, 0), received + timedelta(seconds=1))]

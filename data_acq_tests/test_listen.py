@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data_acq.broker import BrokerError, connect, make_client
-from data_acq.local_broker import free_port
+from data_acq.acquire.broker import BrokerError, connect, make_client
+from data_acq.devtools.local_broker import free_port
 from data_acq.settings import BrokerSettings
 from data_acq_tests.conftest import FIXTURES, MQTT_PASSWORD, MQTT_USER, SecureBroker
 
@@ -185,7 +185,7 @@ def test_listen_exits_1_with_a_message_for_bad_credentials(secure_mosquitto: Sec
 
 
 def test_listen_reconnects_after_the_broker_restarts(tmp_path: Path) -> None:
-    from data_acq.local_broker import LocalMosquitto
+    from data_acq.devtools.local_broker import LocalMosquitto
 
     broker = LocalMosquitto(tmp_path / "mq", persistence=True).start()
     try:

@@ -6,10 +6,10 @@ import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.feed import send_new_documents
+from data_acq.curate.units import process
 from data_acq.messages import encode_record
-from data_acq.pipeline_queue import send_new_documents
-from data_acq.process import process
-from data_acq.raw import encode_object, raw_key
 from data_acq.storage import LocalStore
 from data_acq_tests.conftest import MotoS3
 

@@ -16,21 +16,21 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from data_acq.layout import CURATED
-from data_acq.local_broker import LocalMosquitto
-from data_acq.messages import encode_record
-from data_acq.process import (
+from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.units import (
     COUNTER_FIELDS,
     DateResult,
     completeness_daily,
     energy_daily,
     process,
 )
-from data_acq.raw import encode_object, raw_key
+from data_acq.curate.warehouse import refresh_warehouse, refresh_warehouse_in
+from data_acq.devtools.local_broker import LocalMosquitto
+from data_acq.devtools.simulate import SimulationSpec, simulate
+from data_acq.layout import CURATED
+from data_acq.messages import encode_record
 from data_acq.settings import BrokerSettings
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore, ObjectStore, S3Store
-from data_acq.warehouse import refresh_warehouse, refresh_warehouse_in
 from data_acq_tests.conftest import MotoS3
 from data_acq_tests.drain_helpers import start_drain
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from dagster import AssetKey, Definitions, SensorResult, build_sensor_context, instance_for_test
 
+from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
 from data_acq.defs.jobs import curate_job, stage_job
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, PipelineQueue
 from data_acq.defs.sensors import build_processing_sensors
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import encode_record
-from data_acq.raw import encode_object, raw_key
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore
 
 

@@ -13,20 +13,20 @@ import duckdb
 import polars as pl
 import pytest
 
+from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.units import pending_dates, process
+from data_acq.curate.warehouse import SCHEMAS, refresh_warehouse
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.layout import CURATED
 from data_acq.messages import encode_record
-from data_acq.process import pending_dates, process
-from data_acq.raw import encode_object, raw_key
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore
-from data_acq.warehouse import SCHEMAS, refresh_warehouse
 
 CHUNK = 400  # messages per staging chunk: several chunks, so there is a "while staging"
 
 # Runs `process` in a child that SIGKILLs itself at the n-th progress line of a kind.
 KILLER = """
 import os, signal, sys
-from data_acq.process import process
+from data_acq.curate.units import process
 from data_acq.storage import LocalStore
 kind, n = sys.argv[2], int(sys.argv[3])
 seen = 0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from data_acq.cli import main
 from data_acq.contract import Payload, Rejection, parse_payload
-from data_acq.flatten import flatten
+from data_acq.curate.flatten import flatten
 from data_acq.messages import Message
 
 # every character, lone UTF-16 surrogates included (json.dumps escapes them as \udxxx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from data_acq.simulate import SimulationSpec, simulate
+from data_acq.devtools.simulate import SimulationSpec, simulate
 
 SPEC = SimulationSpec(sites=6, minutes=24 * 60, seed=3, duplicate_rate=0.01, outage_minutes=120)
 

@@ -25,13 +25,13 @@ from dagster._core.instance import DagsterInstance
 from pydantic import Field
 
 from data_acq import layout
-from data_acq.charts import write_charts
+from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
+from data_acq.curate.charts import write_charts
+from data_acq.curate.feed import send_new_documents
+from data_acq.curate.units import DateResult, build_date, new_raw_keys, stage
+from data_acq.curate.warehouse import refresh_warehouse_in
 from data_acq.defs.resources import MQTTBroker, PipelineQueue, Storage
-from data_acq.drain import Drain, DrainLimits, DrainStats
-from data_acq.pipeline_queue import send_new_documents
-from data_acq.process import DateResult, build_date, new_raw_keys, stage
 from data_acq.storage import ObjectStore
-from data_acq.warehouse import refresh_warehouse_in
 
 PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()

@@ -15,7 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from data_acq.broker import connect, make_client
+from data_acq.acquire.broker import connect, make_client
 from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
 from data_acq.defs.resources import MQTTBroker
 

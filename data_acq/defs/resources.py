@@ -7,7 +7,7 @@ from dagster import Config, ConfigurableResource, EnvVar, Failure, ResourceDepen
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from data_acq.ca_cert import (
+from data_acq.acquire.ca_cert import (
     DOWNLOAD_DEADLINE_S,
     READ_TIMEOUT_S,
     cache_path,

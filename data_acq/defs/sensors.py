@@ -16,10 +16,10 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import RunRecord
 
+from data_acq.curate.units import new_raw_keys, pending_dates
 from data_acq.defs.assets import SUBSCRIPTION_TAG, daily, drain_subscription
 from data_acq.defs.jobs import curate_job, drain_job, stage_job
 from data_acq.defs.resources import Storage
-from data_acq.process import new_raw_keys, pending_dates
 from data_acq.settings import Subscription
 
 PARTITION_TAG = "dagster/partition"

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from data_acq import layout
-from data_acq.process import read_parquets, to_parquet
+from data_acq.curate.units import read_parquets, to_parquet
 from data_acq.storage import ObjectStore
 
 log = logging.getLogger(__name__)

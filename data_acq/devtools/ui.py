@@ -19,11 +19,11 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from data_acq.broker import publish_all
-from data_acq.demo import BROKER_CONFIG
-from data_acq.local_broker import LocalMosquitto
+from data_acq.acquire.broker import publish_all
+from data_acq.devtools.demo import BROKER_CONFIG
+from data_acq.devtools.local_broker import LocalMosquitto
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.settings import BrokerSettings
-from data_acq.simulate import SimulationSpec, simulate
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import polars as pl
 
 from data_acq import layout
-from data_acq.process import COUNTER_FIELDS, read_parquets
+from data_acq.curate.units import COUNTER_FIELDS, read_parquets
 from data_acq.storage import ObjectStore
 
 # a site id or device name in a script the font lacks is drawn as boxes: not worth a warning

@@ -27,8 +27,8 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from data_acq import layout
-from data_acq.flatten import REJECT_KEY, TIME, iter_flatten
-from data_acq.raw import raw_keys, read_raw
+from data_acq.acquire.raw import raw_keys, read_raw
+from data_acq.curate.flatten import REJECT_KEY, TIME, iter_flatten
 from data_acq.sites import bucket_of
 from data_acq.storage import ObjectStore
 

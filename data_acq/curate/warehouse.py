@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from data_acq import layout
-from data_acq.flatten import READINGS_SCHEMA, REJECTS_SCHEMA, STATUS_SCHEMA, TIME
+from data_acq.curate.flatten import READINGS_SCHEMA, REJECTS_SCHEMA, STATUS_SCHEMA, TIME
 from data_acq.layout import WAREHOUSE_FILE
 from data_acq.storage import LocalStore, ObjectStore
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import msgspec
 import paho.mqtt.client as mqtt
 
-from data_acq.broker import BrokerError, connect, make_client, subscribe_on_connect
+from data_acq.acquire.broker import BrokerError, connect, make_client, subscribe_on_connect
+from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.contract import too_deep
 from data_acq.messages import encode_record, site_of
-from data_acq.raw import encode_object, raw_key
 from data_acq.settings import BrokerSettings
 from data_acq.storage import ObjectExists, ObjectStore
 

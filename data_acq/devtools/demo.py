@@ -16,15 +16,15 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from data_acq.broker import publish_all
-from data_acq.charts import write_charts
-from data_acq.drain import Drain, DrainLimits
-from data_acq.local_broker import LocalMosquitto
-from data_acq.process import process
+from data_acq.acquire.broker import publish_all
+from data_acq.acquire.drain import Drain, DrainLimits
+from data_acq.curate.charts import write_charts
+from data_acq.curate.units import process
+from data_acq.curate.warehouse import WAREHOUSE_FILE, refresh_warehouse
+from data_acq.devtools.local_broker import LocalMosquitto
+from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.settings import BrokerSettings
-from data_acq.simulate import SimulationSpec, simulate
 from data_acq.storage import LocalStore
-from data_acq.warehouse import WAREHOUSE_FILE, refresh_warehouse
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""MQTT in, raw out: the broker connection, the CA certificate, the drain, raw objects."""
