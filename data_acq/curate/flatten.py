@@ -116,6 +116,8 @@ class _Columns:
 
     def add(self, message: Message) -> None:
         self.messages += 1
+        if message.topic is not None and not message.topic.isascii():
+            message = _with_storable_topic(message)
         site = site_of(message.topic)
         if message.error is not None:
             self._reject(message, site, None, Rejection("$", message.error))
@@ -227,6 +229,20 @@ class _Columns:
                 _epoch_to_time("time"), document=pl.Series(self.p_document, dtype=pl.String)
             )
         return Tables(readings, status, rejects, self.messages, self.accepted, payloads)
+
+
+def _with_storable_topic(message: Message) -> Message:
+    """A topic that is not valid Unicode (a raw record's `\\ud800` escape) cannot be stored as
+    text: the message is rejected, under the topic with that character escaped."""
+    try:
+        message.topic.encode("utf-8")  # type: ignore[union-attr]
+    except UnicodeEncodeError:
+        topic = message.topic.encode("utf-8", "backslashreplace").decode("utf-8")  # type: ignore[union-attr]
+        error = message.error or "topic is not valid Unicode text (a lone UTF-16 surrogate)"
+        return Message(
+            topic, message.payload, message.ref, message.received_at, message.source, error
+        )
+    return message
 
 
 def _repeat_rows(widths: list[int]) -> pl.Series:
