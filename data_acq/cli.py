@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +22,7 @@ from data_acq.acquire.broker import BrokerError, publish_all, run_subscriber, st
 from data_acq.acquire.ca_cert import CACertError, resolve_ca
 from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainWriteError
 from data_acq.contract import Rejection, parse_payload
-from data_acq.curate.feed import QueueError, send_new_documents
+from data_acq.curate.feed import QueueError
 from data_acq.curate.flatten import (
     READINGS_SCHEMA,
     STATUS_SCHEMA,
@@ -29,10 +30,9 @@ from data_acq.curate.flatten import (
     iter_flatten,
     write_parquet,
 )
-from data_acq.curate.units import process
-from data_acq.curate.warehouse import refresh_warehouse_in
 from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
 from data_acq.messages import read_lines
+from data_acq.pipeline import process
 from data_acq.pipeline_format import to_pipeline
 from data_acq.settings import Settings, SettingsError
 from data_acq.storage import StorageError, open_store
@@ -249,31 +249,43 @@ def cmd_drain(args: argparse.Namespace) -> None:
 def cmd_process(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     store = open_store(settings.storage)
-    result = process(store, args.date or (), progress=log.info)
+    result = process(
+        store,
+        args.date or (),
+        progress=log.info,
+        buckets=settings.buckets,
+        workers=args.workers,
+        opener=partial(open_store, settings.storage),
+        queue_url=settings.pipeline_queue_url,
+    )
     staged = result.staged
     if staged:
         log.info(
-            "staged %d raw objects: %d messages, %d accepted, %d rejects; dates touched: %s",
+            "staged %d raw objects: %d messages, %d accepted, %d rejects; %d units touched",
             staged.raw_objects,
             staged.messages,
             staged.accepted,
             staged.rejects,
-            ", ".join(sorted(d.isoformat() for d in staged.dates)) or "none",
+            len(staged.units),
         )
     else:
         log.info("no new raw objects")
-    for built in result.dates:
-        rows = ", ".join(f"{k} {v}" for k, v in built.rows.items())
-        log.info("%s: %s; %d duplicate readings removed", built.day, rows, built.duplicates_removed)
-        if settings.pipeline_queue_url:
-            import boto3
-
-            sent = send_new_documents(
-                store, built.day, boto3.client("sqs"), settings.pipeline_queue_url
-            )
-            log.info("%s: sent %d new pipeline documents to SQS", built.day, sent.sent)
-    if result.dates:
-        log.info("warehouse: %s", refresh_warehouse_in(store, [b.day for b in result.dates]))
+    for day in result.dates:
+        units = [u for u in result.units if u.day == day]
+        written = sum(u.rows.get("readings", 0) for u in units)
+        removed = sum(u.duplicates_removed for u in units)
+        log.info(
+            "%s: %d units refreshed, %d readings written; %d duplicates removed that day",
+            day,
+            len(units),
+            written,
+            removed,
+        )
+        sent = [u.sent_to_queue for u in units if u.sent_to_queue is not None]
+        if sent:
+            log.info("%s: sent %d new pipeline documents to SQS", day, sum(sent))
+    if result.warehouse:
+        log.info("warehouse views written: %s", result.warehouse)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -345,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_iso_date,
         help="also rebuild this measurement date (YYYY-MM-DD); repeatable",
+    )
+    pr.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="refresh this many units (date x bucket of sites) at once, each in a process",
     )
     pr.set_defaults(func=cmd_process)
 

@@ -1,19 +1,22 @@
 """Every storage key data-acq reads or writes, in one place.
 
 ```
-raw/date=D/hour=H/<first receive time>-<client>-<random>.ndjson.gz   exact bytes (data_acq.raw)
-staging/<table>/date=D/bucket=BB/<batch>-<chunk>.parquet             flattened, by measurement date
-staging/index/<batch>.json                                           raw objects a batch staged
-state/pending/date=D/bucket=BB/<batch>                               units a batch left to build
-state/sqs_sent/date=D/bucket=BB.parquet                              documents sent to SQS
-curated/<table>/date=D/bucket=BB/part-0.parquet                      what analysts read
-curated/charts/date=D/site=<site key>.png                            a chart per site and day
-warehouse.duckdb                                                     the analysts' DuckDB file
+raw/date=D/hour=H/<first receive time>-<client>-<random>.ndjson.gz   exact bytes (acquire.raw)
+staging/<table>/date=D/bucket=BB/hour=HH/<batch>-<chunk>.parquet     flattened, by measurement hour
+state/cursor.json                                                     raw objects staged so far
+state/pending/date=D/bucket=BB/<batch>.hours-HH-HH                    hours a batch left to build
+state/partials/<kind>/date=D/bucket=BB.parquet                        per-hour partial aggregates
+state/sqs_sent/date=D/bucket=BB/HH.parquet                            documents sent to SQS
+curated/<hourly table>/date=D/bucket=BB/HH.parquet                    what analysts read ...
+curated/<daily table>/date=D/bucket=BB/day.parquet                    ... by the day
+curated/charts/date=D/site=<site key>.png                             a chart per site and day
+warehouse.duckdb                                                      views for analysts
 ```
 
-Sites are spread over buckets (`data_acq.sites.bucket_of`); a site id never appears in a key
-except as a `site_key` in a chart's name. Dates and buckets are hive folders (`date=`,
-`bucket=`), so DuckDB, Polars and Athena read them as columns.
+A unit of work is a measurement date and a bucket of sites (`data_acq.sites.bucket_of`);
+inside it, data is kept by hour, so a refresh rewrites only the hours new data touched. A site
+id never appears in a key except as a `site_key` in a chart's name. Dates and buckets are hive
+folders (`date=`, `bucket=`), so DuckDB, Polars and Athena read them as columns.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from data_acq.sites import site_key
 
 RAW = "raw/"
 STAGING = "staging/"
-INDEX = f"{STAGING}index/"
 STATE = "state/"
+CURSOR = f"{STATE}cursor.json"
 PENDING = f"{STATE}pending/"
 CURATED = "curated/"
+HOURLY_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects", "readings_15min")
+DAILY_TABLES = ("energy_daily", "completeness_daily")
 WAREHOUSE_FILE = "warehouse.duckdb"
 UNKNOWN_DATE = "unknown"  # rejects of input that has neither a payload time nor a receive time
 
@@ -40,27 +45,43 @@ def bucket_text(bucket: int) -> str:
     return f"bucket={bucket:02d}"
 
 
-def staging_prefix(table: str, day: date, bucket: int | None = None) -> str:
-    folder = f"{STAGING}{table}/date={day_text(day)}/"
-    return folder if bucket is None else f"{folder}{bucket_text(bucket)}/"
+def unit_folder(day: date | None, bucket: int) -> str:
+    return f"date={day_text(day)}/{bucket_text(bucket)}/"
 
 
-def staging_key(table: str, day: date | None, bucket: int, batch: str, chunk: int) -> str:
-    return (
-        f"{STAGING}{table}/date={day_text(day)}/{bucket_text(bucket)}/{batch}-{chunk:04d}.parquet"
+def staging_prefix(table: str, day: date, bucket: int, hour: int | None = None) -> str:
+    folder = f"{STAGING}{table}/{unit_folder(day, bucket)}"
+    return folder if hour is None else f"{folder}hour={hour:02d}/"
+
+
+def staging_key(
+    table: str, day: date | None, bucket: int, hour: int, batch: str, chunk: int
+) -> str:
+    return f"{STAGING}{table}/{unit_folder(day, bucket)}hour={hour:02d}/{batch}-{chunk:04d}.parquet"
+
+
+def staged_hour(key: str) -> int:
+    """The measurement hour of a staging key."""
+    return int(key.split("/hour=", 1)[1][:2])
+
+
+def pending_prefix(day: date | None = None, bucket: int | None = None) -> str:
+    if day is None:
+        return PENDING
+    return f"{PENDING}date={day.isoformat()}/" + (
+        "" if bucket is None else f"{bucket_text(bucket)}/"
     )
 
 
-def index_key(batch: str) -> str:
-    return f"{INDEX}{batch}.json"
+def pending_key(day: date, bucket: int, batch: str, hours: set[int]) -> str:
+    """The hours are in the name, so that listing the markers says everything about them."""
+    return (
+        f"{pending_prefix(day, bucket)}{batch}.hours-{'-'.join(f'{h:02d}' for h in sorted(hours))}"
+    )
 
 
-def pending_prefix(day: date | None = None) -> str:
-    return PENDING if day is None else f"{PENDING}date={day.isoformat()}/"
-
-
-def pending_key(day: date, bucket: int, batch: str) -> str:
-    return f"{pending_prefix(day)}{bucket_text(bucket)}/{batch}"
+def pending_hours(key: str) -> set[int]:
+    return {int(hour) for hour in key.rsplit(".hours-", 1)[1].split("-")}
 
 
 def parse_unit(key: str) -> tuple[date, int]:
@@ -71,16 +92,22 @@ def parse_unit(key: str) -> tuple[date, int]:
     return date.fromisoformat(parts["date"]), int(parts["bucket"])
 
 
+def partials_key(kind: str, day: date, bucket: int) -> str:
+    return f"{STATE}partials/{kind}/date={day.isoformat()}/{bucket_text(bucket)}.parquet"
+
+
 def curated_prefix(table: str, day: date | None = None) -> str:
     return f"{CURATED}{table}/" if day is None else f"{CURATED}{table}/date={day.isoformat()}/"
 
 
-def curated_key(table: str, day: date, bucket: int) -> str:
-    return f"{curated_prefix(table, day)}{bucket_text(bucket)}/part-0.parquet"
+def curated_key(table: str, day: date, bucket: int, hour: int | None = None) -> str:
+    """An hourly table's file for `hour`, or a daily table's file."""
+    name = "day" if hour is None else f"{hour:02d}"
+    return f"{curated_prefix(table, day)}{bucket_text(bucket)}/{name}.parquet"
 
 
-def sent_key(day: date, bucket: int) -> str:
-    return f"{STATE}sqs_sent/date={day.isoformat()}/{bucket_text(bucket)}.parquet"
+def sent_key(day: date, bucket: int, hour: int) -> str:
+    return f"{STATE}sqs_sent/{unit_folder(day, bucket)}{hour:02d}.parquet"
 
 
 def chart_key(day: date, site: str | None) -> str:

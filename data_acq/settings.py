@@ -11,6 +11,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +76,9 @@ class Settings:
     drain_window_s: float = 600.0
     sensors_running: bool = False  # whether Dagster's sensors start switched on
     pipeline_queue_url: str | None = None  # SQS queue for the pipeline-format documents
+    buckets: int = 32  # sites are spread over this many buckets: the units of processing
+    start_date: date = date(2024, 10, 1)  # the first day of the date partitions
+    refresh_interval_s: int = 60  # how often the processing sensors look for new data
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -114,12 +118,14 @@ class Settings:
             **({"client_id": cid} if (cid := get("MQTT_CLIENT_ID")) else {}),
         )
         cache = get("DATA_ACQ_CACHE")
-        workers_text = get("DATA_ACQ_DRAIN_WORKERS") or "1"
-        if not workers_text.isdigit() or not 1 <= int(workers_text) <= 64:
+        workers = _whole(get("DATA_ACQ_DRAIN_WORKERS") or "1", "DATA_ACQ_DRAIN_WORKERS", 1, 64)
+        start_text = get("DATA_ACQ_START_DATE") or "2024-10-01"
+        try:
+            start = date.fromisoformat(start_text)
+        except ValueError:
             raise SettingsError(
-                f"DATA_ACQ_DRAIN_WORKERS must be a whole number from 1 to 64, got {workers_text!r}"
-            )
-        workers = int(workers_text)
+                f"DATA_ACQ_START_DATE must be a date (YYYY-MM-DD), got {start_text!r}"
+            ) from None
         window_text = get("DATA_ACQ_DRAIN_WINDOW") or "600"
         try:
             window = float(window_text)
@@ -134,8 +140,21 @@ class Settings:
             drain_window_s=window,
             sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
             pipeline_queue_url=get("PIPELINE_SQS_QUEUE_URL"),
+            buckets=_whole(get("DATA_ACQ_BUCKETS") or "32", "DATA_ACQ_BUCKETS", 1, 4096),
+            start_date=start,
+            refresh_interval_s=_whole(
+                get("DATA_ACQ_REFRESH_INTERVAL") or "60", "DATA_ACQ_REFRESH_INTERVAL", 5, 86_400
+            ),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
+
+
+def _whole(text: str, variable: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise SettingsError(
+            f"{variable} must be a whole number from {low:,} to {high:,}, got {text!r}"
+        )
+    return int(text)
 
 
 SHARE_GROUP = "data-acq"

@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from data_acq.acquire.raw import encode_object, raw_key
-from data_acq.curate.feed import send_new_documents
-from data_acq.curate.units import process
+from data_acq.curate.feed import SendResult, send_new_documents
 from data_acq.messages import encode_record
+from data_acq.pipeline import process
 from data_acq.storage import LocalStore
 from data_acq_tests.conftest import MotoS3
 
@@ -51,8 +51,16 @@ def test_identical_documents_of_two_sites_both_reach_the_queue(
         for body in bodies
     ]
     store.put_new(raw_key(received, "test"), encode_object(lines + lines))  # and redelivered
-    process(store)
-    first = send_new_documents(store, date(2024, 10, 12), sqs, queue)
+    units = process(store).units
+    assert {u.day for u in units} == {date(2024, 10, 12)}
+    first = SendResult()
+    for unit in units:
+        sent = send_new_documents(store, unit.day, unit.bucket, unit.hours, sqs, queue)
+        first.sent, first.already_sent = (
+            first.sent + sent.sent,
+            first.already_sent + sent.already_sent,
+        )
+        first.refused += sent.refused
     assert (first.sent, first.already_sent, first.refused) == (12, 0, 0)
     got = _receive_all(sqs, queue)
     expected = {
@@ -63,6 +71,6 @@ def test_identical_documents_of_two_sites_both_reach_the_queue(
     assert sorted(site for site, _ in got) == sorted(sites * 4)
     assert sorted(site for site, body in got if body == expected) == sorted(sites)
     assert sorted(site for site, body in got if body == empty) == sorted(sites)
-    again = send_new_documents(store, date(2024, 10, 12), sqs, queue)
-    assert (again.sent, again.already_sent) == (0, 12)
+    again = [send_new_documents(store, u.day, u.bucket, u.hours, sqs, queue) for u in units]
+    assert (sum(a.sent for a in again), sum(a.already_sent for a in again)) == (0, 12)
     assert _receive_all(sqs, queue) == []

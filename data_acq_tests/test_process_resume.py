@@ -14,29 +14,33 @@ import polars as pl
 import pytest
 
 from data_acq.acquire.raw import encode_object, raw_key
-from data_acq.curate.units import pending_dates, process
-from data_acq.curate.warehouse import SCHEMAS, refresh_warehouse
+from data_acq.curate.units import pending_units
+from data_acq.curate.warehouse import SCHEMAS
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.layout import CURATED
 from data_acq.messages import encode_record
+from data_acq.pipeline import process
 from data_acq.storage import LocalStore
 
 CHUNK = 400  # messages per staging chunk: several chunks, so there is a "while staging"
 
-# Runs `process` in a child that SIGKILLs itself at the n-th progress line of a kind.
+# Runs `process` in a child that SIGKILLs itself at the n-th write under a prefix: staging
+# files while staging, curated files and partials while refreshing units.
 KILLER = """
 import os, signal, sys
-from data_acq.curate.units import process
+from pathlib import Path
+from data_acq.pipeline import process
 from data_acq.storage import LocalStore
-kind, n = sys.argv[2], int(sys.argv[3])
-seen = 0
-def progress(line):
-    global seen
-    if line.startswith(kind):
-        seen += 1
-        if seen == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-process(LocalStore(__import__("pathlib").Path(sys.argv[1])), progress=progress, chunk_size=CHUNK)
+prefix, n = sys.argv[2], int(sys.argv[3])
+class Store(LocalStore):
+    writes = 0
+    def put(self, key, data):
+        super().put(key, data)
+        if key.startswith(prefix):
+            Store.writes += 1
+            if Store.writes == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+process(Store(Path(sys.argv[1])), chunk_size=CHUNK)
 """.replace("CHUNK", str(CHUNK))
 
 
@@ -79,9 +83,9 @@ def _outputs(root: Path) -> dict[str, pl.DataFrame]:
     return out
 
 
-@pytest.mark.parametrize(("kind", "at"), [("staged", 2), ("built", 3)])
+@pytest.mark.parametrize(("prefix", "at"), [("staging/", 20), ("curated/", 30)])
 def test_a_killed_process_finishes_its_work_when_run_again(
-    tmp_path: Path, kind: str, at: int
+    tmp_path: Path, prefix: str, at: int
 ) -> None:
     reference = LocalStore(tmp_path / "uninterrupted")
     _raw(reference)
@@ -89,21 +93,19 @@ def test_a_killed_process_finishes_its_work_when_run_again(
     shutil.copytree(reference.root, interrupted.root)
 
     done = process(reference, chunk_size=CHUNK)
-    refresh_warehouse(reference.root, [d.day for d in done.dates])
 
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, str(interrupted.root), kind, str(at)], timeout=120
+        [sys.executable, "-c", KILLER, str(interrupted.root), prefix, str(at)], timeout=120
     )
-    assert killed.returncode == -9  # it really died there
-    if kind == "built":
-        assert pending_dates(interrupted)  # what it had not finished is still marked
+    assert killed.returncode == -9  # it really died there, mid-way
+    if prefix == "curated/":
+        assert pending_units(interrupted)  # what it had not finished is still marked
     rerun = process(interrupted, chunk_size=CHUNK)
     assert {d.day for d in rerun.dates} == {d.day for d in done.dates}
-    refresh_warehouse(interrupted.root, [d.day for d in rerun.dates])
-    assert not pending_dates(interrupted)
+    assert not pending_units(interrupted)
 
     expected, got = _outputs(reference.root), _outputs(interrupted.root)
     assert expected.keys() == got.keys()
     for table, frame in expected.items():
         assert got[table].equals(frame), table
-    assert process(interrupted).dates == []  # and nothing is left to do
+    assert process(interrupted).units == []  # and nothing is left to do

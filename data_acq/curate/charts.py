@@ -19,11 +19,9 @@ import matplotlib.pyplot as plt
 import polars as pl
 
 from data_acq import layout
-from data_acq.curate.units import COUNTER_FIELDS, read_parquets
+from data_acq.curate.aggregates import COUNTER_FIELDS
+from data_acq.curate.parquet import read_parquets
 from data_acq.storage import ObjectStore
-
-# a site id or device name in a script the font lacks is drawn as boxes: not worth a warning
-warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
 POWER_FIELD = "P_total"
 MAX_LINES = 8
@@ -38,6 +36,13 @@ def _text(value: object, limit: int = 60) -> str:
 
 
 def site_day_chart(quarter_hours: pl.DataFrame, site: str | None, day: date) -> bytes:
+    # a site id or device name in a script the font lacks is drawn as boxes: no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+        return _draw(quarter_hours, site, day)
+
+
+def _draw(quarter_hours: pl.DataFrame, site: str | None, day: date) -> bytes:
     """PNG: mean power per device (kW), and each counter's gain since midnight (kWh)."""
     figure, (power_axis, energy_axis) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     power = quarter_hours.filter(pl.col("field") == POWER_FIELD).sort("period")

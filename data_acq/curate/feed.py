@@ -1,8 +1,8 @@
 """Hand pipeline-format documents to AMMP's downstream pipeline through an SQS queue.
 
-A unit (date, bucket of sites) is rebuilt whenever late data touches it, so what was sent is
-remembered per unit (`state/sqs_sent/...`: site and SHA-1 of each document): a rebuild sends only
-what is new. A document is identified by its site *and* its content, so two sites that send the
+A refresh rebuilds the hours new data touched, and the feed reads only those hours' documents;
+what was sent is remembered per unit and hour (`state/sqs_sent/...`: site and SHA-1 of each
+document), so a rebuilt hour sends only what is new. A document is identified by its site *and* its content, so two sites that send the
 same readings in the same minute both reach the queue.
 
 Delivery is at least once: a crash between sending and remembering sends those documents again
@@ -14,7 +14,6 @@ Delivery is at least once: a crash between sending and remembering sends those d
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from data_acq import layout
-from data_acq.curate.units import read_parquets, to_parquet
+from data_acq.curate.parquet import read_parquet, to_parquet
 from data_acq.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -86,28 +85,33 @@ def _batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return batches
 
 
-def send_new_documents(store: ObjectStore, day: date, sqs: Any, queue_url: str) -> SendResult:
-    """Send the date's pipeline documents that were not sent before, unit by unit."""
+def send_new_documents(
+    store: ObjectStore, day: date, bucket: int, hours: list[int], sqs: Any, queue_url: str
+) -> SendResult:
+    """Send the documents of these hours of a unit that were not sent before."""
     result = SendResult()
-    prefix = layout.curated_prefix("pipeline_payloads", day)
-    buckets = sorted({layout.parse_unit(key)[1] for key in store.list_keys(prefix)})
-    for bucket in buckets:
-        _send_unit(store, day, bucket, sqs, queue_url, result)
+    for hour in hours:
+        _send_hour(store, day, bucket, hour, sqs, queue_url, result)
     return result
 
 
-def _send_unit(
-    store: ObjectStore, day: date, bucket: int, sqs: Any, queue_url: str, result: SendResult
+def _send_hour(
+    store: ObjectStore,
+    day: date,
+    bucket: int,
+    hour: int,
+    sqs: Any,
+    queue_url: str,
+    result: SendResult,
 ) -> None:
-    sent_key = layout.sent_key(day, bucket)
-    try:
-        already = pl.read_parquet(io.BytesIO(store.get(sent_key)))
-    except FileNotFoundError:  # nothing sent for this unit yet
+    sent_key = layout.sent_key(day, bucket, hour)
+    already = read_parquet(store, sent_key)
+    if already is None:  # nothing sent for this hour yet
         already = pl.DataFrame(schema=SENT_SCHEMA)
-    frames = read_parquets(store, layout.curated_key("pipeline_payloads", day, bucket))
-    documents = pl.concat(frames).select("site", "document") if frames else pl.DataFrame()
-    if documents.is_empty():
+    documents = read_parquet(store, layout.curated_key("pipeline_payloads", day, bucket, hour))
+    if documents is None or documents.is_empty():
         return
+    documents = documents.select("site", "document")
     digests = [
         hashlib.sha1(doc.encode(), usedforsecurity=False).hexdigest()
         for doc in documents["document"]

@@ -1,25 +1,15 @@
-"""Processing: raw objects into curated tables by measurement date, resumable at any point.
+"""Step 2 of processing: refresh a unit -- a measurement date and a bucket of sites.
 
-Two steps, so that late data costs only the units it touches (a unit is a measurement date and
-a bucket of sites, `data_acq.sites.bucket_of`):
-
-1. `stage` flattens raw objects not processed yet into per-unit staging files, then leaves a
-   pending marker for every unit it touched, then records the raw objects as processed (the
-   index). A crash before the index means the objects are staged again; the duplicates that
-   causes are removed in step 2 like any redelivery.
-2. `build_date` rebuilds a date's units from their staging files: de-duplicated readings,
-   device status, pipeline payloads and rejects, and the aggregates, as Parquet under
-   `curated/`. Only when every unit is written are the date's pending markers removed, so a
-   crash while building leaves them, and the next run builds the date again: a batch is done
-   only when everything derived from it is written.
+Only the hours that new data touched are rebuilt (the pending markers name them), each from its
+own staging files, so a live tick late in the day costs what an early one does, and memory is
+bounded by one unit-hour. Each rebuilt hour leaves small partials (energy per counter series,
+completeness and check figures per site); the daily tables and the checks are made from the
+partials of the whole day. Only when everything is written are the unit's markers removed: a
+crash anywhere leaves them, and the unit is refreshed again, to the same result.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import logging
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,65 +17,64 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from data_acq import layout
-from data_acq.acquire.raw import raw_keys, read_raw
-from data_acq.curate.flatten import REJECT_KEY, TIME, iter_flatten
-from data_acq.sites import bucket_of
+from data_acq.curate import aggregates
+from data_acq.curate.flatten import REJECT_KEY
+from data_acq.curate.parquet import read_parquet, read_parquets, to_parquet
 from data_acq.storage import ObjectStore
 
-log = logging.getLogger(__name__)
-
-STAGED_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects")
-
-# Cumulative counters whose daily increase is energy (or run time); see energy_daily.
-COUNTER_FIELDS = (
-    "E",
-    "E_exported",
-    "E_imported",
-    "E_charged",
-    "E_discharged",
-    "total_yield",
-    "runtime",
-)
 READING_KEY = ("site", "time", "vid", "device", "field")
 PAYLOAD_KEY = ("site", "time", "document")
-GAP_MINUTES = 5  # a completeness gap is at least this long
-BUCKETS = 32  # sites are spread over this many buckets per date
+STAGED_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
+HOUR_STATS = pl.Schema(
+    {
+        "hour": pl.Int64,
+        "staged_readings": pl.Int64,
+        "readings": pl.Int64,
+        "duplicates_left": pl.Int64,  # counted in the file written, read back from storage
+        "accepted_payloads": pl.Int64,
+        "rejected_payloads": pl.Int64,  # rejected whole
+        "ahead_of_receipt": pl.Int64,
+        "max_lag_s": pl.Float64,
+    }
+)
 
 Progress = Callable[[str], None]
+Unit = tuple[date, int]
 
 
 @dataclass
-class StageResult:
-    batch: str
-    raw_objects: int = 0
-    messages: int = 0
-    accepted: int = 0
-    rejects: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
-    units: set[tuple[date, int]] = field(default_factory=set)
-
-    @property
-    def dates(self) -> set[date]:
-        return {day for day, _ in self.units}
-
-
-@dataclass
-class DateResult:
-    """What one date's rebuild wrote, and the figures its data-quality checks look at."""
+class UnitResult:
+    """What a refresh rebuilt, and the unit's whole day so far for its data-quality checks."""
 
     day: date
-    rows: dict[str, int] = field(default_factory=dict)
+    bucket: int
+    hours: list[int] = field(default_factory=list)  # rebuilt by this refresh
+    rows: dict[str, int] = field(default_factory=dict)  # written by this refresh
+    readings: int = 0
     duplicates_removed: int = 0
-    duplicates_left: int = 0  # counted in the files written, read back: must be 0
-    sites: int = 0
-    accepted_payloads: int = 0  # distinct payloads
-    rejected_payloads: int = 0  # distinct payloads rejected whole
-    completeness: dict[str | None, float] = field(default_factory=dict)  # site -> ratio
+    duplicates_left: int = 0  # in the unit's files, read back: must be 0
+    stray_files: dict[str, int] = field(default_factory=dict)  # files no refresh wrote: rows
+    accepted_payloads: int = 0
+    rejected_payloads: int = 0
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
     max_lag_s: float | None = None  # longest delay from measurement to receipt
+    completeness: dict[str | None, float] = field(default_factory=dict)  # site -> ratio
     last_payload: dict[str | None, datetime] = field(default_factory=dict)  # site -> latest
-    sent_to_queue: int | None = None  # pipeline documents sent to SQS by this rebuild
+    sent_to_queue: int | None = None  # documents the feed sent after this refresh
+
+    @property
+    def partition(self) -> str:
+        return f"{self.day.isoformat()}|{self.bucket:02d}"
+
+    @property
+    def sites(self) -> int:
+        return len(self.last_payload)
+
+    @property
+    def rejected_share(self) -> float:
+        total = self.accepted_payloads + self.rejected_payloads
+        return self.rejected_payloads / total if total else 0.0
 
     def silent_sites(
         self, now: datetime, allowed: timedelta = timedelta(hours=1)
@@ -102,156 +91,94 @@ class DateResult:
             if horizon - last > allowed
         }
 
-    @property
-    def rejected_share(self) -> float:
-        total = self.accepted_payloads + self.rejected_payloads
-        return self.rejected_payloads / total if total else 0.0
 
-    def add_rows(self, table: str, rows: int) -> None:
-        self.rows[table] = self.rows.get(table, 0) + rows
-
-
-def to_parquet(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
-    return [
-        pl.read_parquet(io.BytesIO(store.get(key)))
-        for key in store.list_keys(prefix)
-        if key.endswith(".parquet")
-    ]
-
-
-# --- step 1: stage ----------------------------------------------------------------------------
-
-
-def _buckets_of(sites: pl.Series) -> pl.Series:
-    mapping = {site: bucket_of(site, BUCKETS) for site in sites.unique()}
-    return sites.replace_strict(mapping, return_dtype=pl.UInt8, default=0)
-
-
-def processed_raw_keys(store: ObjectStore) -> set[str]:
-    done: set[str] = set()
-    for key in store.list_keys(layout.INDEX):
-        done.update(json.loads(store.get(key))["raw_keys"])
-    return done
-
-
-def new_raw_keys(store: ObjectStore) -> list[str]:
-    done = processed_raw_keys(store)
-    return [key for key in raw_keys(store) if key not in done]
-
-
-def stage(
-    store: ObjectStore, keys: list[str], chunk_size: int = 50_000, progress: Progress | None = None
-) -> StageResult:
-    """Flatten `keys` into per-unit staging files, mark the units pending, index the keys."""
-    result = StageResult(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
-    result.raw_objects = len(keys)
-    for number, tables in enumerate(iter_flatten(read_raw(store, keys), chunk_size, pipeline=True)):
-        result.messages += tables.messages
-        result.accepted += tables.accepted
-        result.rejects += tables.rejects.height
-        by_table = {
-            "readings": tables.readings,
-            "device_status": tables.status,
-            "pipeline_payloads": tables.payloads,
-            # a payload rejected whole has no measurement time: it goes by its receive date
-            "rejects": tables.rejects.with_columns(
-                pl.coalesce("time", "received_at").alias("_when")
-            ),
-        }
-        for name, frame in by_table.items():
-            when = "_when" if name == "rejects" else "time"
-            frame = frame.with_columns(
-                pl.col(when).dt.date().alias("_date"), _buckets_of(frame["site"]).alias("_bucket")
-            )
-            for (day, bucket), part in frame.partition_by("_date", "_bucket", as_dict=True).items():
-                key = layout.staging_key(name, day, bucket, result.batch, number)
-                store.put(key, to_parquet(part.drop("_date", "_bucket", "_when", strict=False)))
-                result.rows[name] = result.rows.get(name, 0) + part.height
-                if day:
-                    result.units.add((day, bucket))
-        if progress:
-            progress(f"staged {result.messages} messages from {len(keys)} raw objects")
-    # markers before the index: a crash in between stages the objects again, never forgets
-    for day, bucket in sorted(result.units):
-        store.put(layout.pending_key(day, bucket, result.batch), b"")
-    index = {
-        "raw_keys": keys,
-        "dates": sorted(d.isoformat() for d in result.dates),
-        "messages": result.messages,
-    }
-    store.put(layout.index_key(result.batch), json.dumps(index, indent=1).encode())
-    return result
-
-
-def pending_dates(store: ObjectStore) -> dict[date, list[str]]:
-    """Dates with units staged but not yet built, and their pending markers."""
-    pending: dict[date, list[str]] = {}
+def pending_units(store: ObjectStore) -> dict[Unit, list[str]]:
+    """Units with staged hours not yet built, and their pending markers."""
+    pending: dict[Unit, list[str]] = {}
     for key in store.list_keys(layout.PENDING):
-        pending.setdefault(layout.parse_unit(key)[0], []).append(key)
+        pending.setdefault(layout.parse_unit(key), []).append(key)
     return pending
 
 
-# --- step 2: build a date ---------------------------------------------------------------------
-
-
-def _staged(store: ObjectStore, table: str, day: date, bucket: int) -> pl.DataFrame | None:
-    frames = read_parquets(store, layout.staging_prefix(table, day, bucket))
-    return pl.concat(frames, how="vertical_relaxed") if frames else None
-
-
-def staged_buckets(store: ObjectStore, day: date) -> list[int]:
-    """The buckets any staged table has for the date."""
+def staged_units(store: ObjectStore, day: date) -> list[int]:
+    """The buckets that have anything staged for the date (for a rebuild of the whole date)."""
     return sorted(
         {
             layout.parse_unit(key)[1]
             for table in STAGED_TABLES
-            for key in store.list_keys(layout.staging_prefix(table, day))
+            for key in store.list_keys(f"{layout.STAGING}{table}/date={day.isoformat()}/")
         }
     )
 
 
-def build_date(store: ObjectStore, day: date, progress: Progress | None = None) -> DateResult:
-    """Rebuild every curated table of one date from its staging files, one unit at a time
-    (memory is bounded by a bucket), then clear the date's pending markers."""
-    markers = pending_dates(store).get(day, [])
-    result = DateResult(day)
-    buckets = staged_buckets(store, day)
-    for number, bucket in enumerate(buckets, start=1):
-        build_unit(store, day, bucket, result)
-        if progress:
-            progress(f"built {day} bucket {bucket:02d} ({number} of {len(buckets)})")
-    store.delete(markers)  # only now is every batch that touched the date done
+def _staged_hours(store: ObjectStore, day: date, bucket: int) -> set[int]:
+    return {
+        layout.staged_hour(key)
+        for table in STAGED_TABLES
+        for key in store.list_keys(layout.staging_prefix(table, day, bucket))
+    }
+
+
+def refresh_unit(
+    store: ObjectStore,
+    day: date,
+    bucket: int,
+    full: bool = False,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> UnitResult:
+    """Rebuild the unit's pending hours (every staged hour when `full`, or when nothing is
+    pending: a rebuild asked for by hand), its daily tables, and the next day's energy, whose
+    first interval starts in this day."""
+    markers = list(store.list_keys(layout.pending_prefix(day, bucket)))
+    hours: set[int] = set().union(*(layout.pending_hours(m) for m in markers))
+    if full or not hours:
+        hours |= _staged_hours(store, day, bucket)
+    result = UnitResult(day, bucket, sorted(hours))
+    built = [_build_hour(store, day, bucket, hour, result) for hour in result.hours]
+    stats = _merge_partials(
+        store, "stats", day, bucket, result.hours, [s for s, _, _ in built], HOUR_STATS
+    )
+    energy = _merge_partials(
+        store,
+        "energy",
+        day,
+        bucket,
+        result.hours,
+        [e for _, e, _ in built],
+        aggregates.ENERGY_PARTIAL,
+    )
+    completeness = _merge_partials(
+        store,
+        "completeness",
+        day,
+        bucket,
+        result.hours,
+        [c for _, _, c in built],
+        aggregates.COMPLETENESS_PARTIAL,
+    )
+    _write_daily(store, day, bucket, energy, completeness, result, now)
+    _refresh_next_days_energy(store, day, bucket, energy)
+    result.stray_files = _stray_files(store, day, bucket)
+    _sum_stats(stats, result)
+    store.delete(markers)  # only now is every batch that touched the unit done
+    if progress:
+        progress(
+            f"refreshed {day} bucket {bucket:02d}: hours {_hours_text(result.hours)}, "
+            f"{result.rows.get('readings', 0)} readings written"
+        )
     return result
 
 
-def build_unit(store: ObjectStore, day: date, bucket: int, result: DateResult) -> None:
-    """Rebuild one unit's curated files and add its figures to `result`."""
-    readings = _staged(store, "readings", day, bucket)
-    if readings is not None:
-        _build_readings(store, day, bucket, readings, result)
-    status = _staged(store, "device_status", day, bucket)
-    if status is not None:
-        status = status.unique(maintain_order=True).sort("site", "time", "vid", "device")
-        _put(store, "device_status", day, bucket, status, result)
-    payloads = _staged(store, "pipeline_payloads", day, bucket)
-    if payloads is not None:
-        payloads = first_received(payloads, PAYLOAD_KEY).sort("site", "time")
-        _put(store, "pipeline_payloads", day, bucket, payloads, result)
-        result.accepted_payloads += payloads.height
-        completeness = completeness_daily(payloads, day)
-        _put(store, "completeness_daily", day, bucket, completeness, result)
-        result.completeness |= dict(completeness.select("site", "ratio").iter_rows())
-    rejects = _staged(store, "rejects", day, bucket)
-    if rejects is not None:
-        rejects = first_received(rejects, REJECT_KEY).sort("site", "time", nulls_last=True)
-        _put(store, "rejects", day, bucket, rejects, result)
-        result.rejected_payloads += rejects.filter(pl.col("time").is_null()).height
+def _hours_text(hours: Iterable[int]) -> str:
+    return ", ".join(f"{h:02d}" for h in hours) or "none"
+
+
+def _staged(
+    store: ObjectStore, table: str, day: date, bucket: int, hour: int
+) -> pl.DataFrame | None:
+    frames = read_parquets(store, layout.staging_prefix(table, day, bucket, hour))
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
 
 
 def first_received(frame: pl.DataFrame, key: Iterable[str]) -> pl.DataFrame:
@@ -262,167 +189,185 @@ def first_received(frame: pl.DataFrame, key: Iterable[str]) -> pl.DataFrame:
 
 
 def _put(
-    store: ObjectStore, table: str, day: date, bucket: int, frame: pl.DataFrame, result: DateResult
-) -> None:
-    """One file per unit; the date and bucket are in the folder names (hive style)."""
-    frame = frame.drop("date", strict=False)
-    store.put(layout.curated_key(table, day, bucket), to_parquet(frame))
-    result.add_rows(table, frame.height)
-
-
-def _build_readings(
-    store: ObjectStore, day: date, bucket: int, readings: pl.DataFrame, result: DateResult
-) -> None:
-    before = readings.height
-    readings = first_received(readings, READING_KEY).sort(*READING_KEY)
-    result.duplicates_removed += before - readings.height
-    result.sites += readings["site"].n_unique()
-    ahead, lag = readings.select(
-        ahead=(pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
-        lag=(pl.col("received_at") - pl.col("time")).max().dt.total_seconds(),
-    ).row(0)
-    result.last_payload |= dict(readings.group_by("site").agg(pl.col("time").max()).iter_rows())
-    result.ahead_of_receipt += ahead
-    if lag is not None and (result.max_lag_s is None or lag > result.max_lag_s):
-        result.max_lag_s = lag
-    _put(store, "readings", day, bucket, readings, result)
-    result.duplicates_left += duplicate_readings(store, day, bucket)
-    _put(store, "readings_15min", day, bucket, readings_15min(readings), result)
-    _put(store, "energy_daily", day, bucket, energy_daily(readings, day), result)
-
-
-def duplicate_readings(store: ObjectStore, day: date, bucket: int) -> int:
-    """Readings that share a key in what the unit's folder holds now, read back from storage:
-    a broken de-duplication, or a stray file beside the unit's own, shows up here."""
-    prefix = layout.curated_key("readings", day, bucket).rsplit("/", 1)[0] + "/"
-    keys = [frame.select(READING_KEY) for frame in read_parquets(store, prefix)]
-    if not keys:
-        return 0
-    written = pl.concat(keys)
-    return written.height - written.n_unique()
-
-
-# --- aggregates -------------------------------------------------------------------------------
-
-
-def readings_15min(readings: pl.DataFrame) -> pl.DataFrame:
-    """Per site, vid, device, field and quarter hour: mean, min, max, last, count.
-
-    Groups are contiguous and kept in order: Polars then sums each group in one fixed order, so
-    the same readings give the same means to the last bit (a rebuild must equal the build).
-    """
-    return (
-        readings.lazy()
-        .filter(pl.col("value").is_not_null())
-        .sort("site", "vid", "device", "field", "time", nulls_last=True)
-        .group_by(
-            "site",
-            "vid",
-            "device",
-            "field",
-            pl.col("time").dt.truncate("15m").alias("period"),
-            maintain_order=True,
-        )
-        .agg(
-            mean=pl.col("value").mean(),
-            min=pl.col("value").min(),
-            max=pl.col("value").max(),
-            last=pl.col("value").last(),
-            count=pl.len(),
-        )
-        .collect()
-    )
-
-
-def energy_daily(readings: pl.DataFrame, day: date) -> pl.DataFrame:
-    """The day's increase of each cumulative counter (`E`, `total_yield`, `runtime`, ...).
-
-    Summed over consecutive readings; a step down is a reset (device replaced or counter
-    cleared) and counts as zero, so the result is never negative. The interval that crosses
-    midnight is counted on neither day. Summed in a fixed order, like `readings_15min`.
-    """
-    return (
-        readings.lazy()
-        .filter(pl.col("field").is_in(COUNTER_FIELDS) & pl.col("value").is_not_null())
-        .sort("site", "vid", "field", "device", "time", nulls_last=True)
-        .with_columns(step=pl.col("value").diff().over("site", "vid", "device", "field"))
-        .group_by("site", "vid", "field", maintain_order=True)
-        .agg(
-            energy=pl.col("step").clip(lower_bound=0).sum(),
-            resets=(pl.col("step") < 0).sum(),
-            readings=pl.len(),
-        )
-        .with_columns(date=pl.lit(day))
-        .select("site", "date", "vid", "field", "energy", "resets", "readings")
-        .collect()
-    )
-
-
-def completeness_daily(
-    payloads: pl.DataFrame, day: date, now: datetime | None = None
-) -> pl.DataFrame:
-    """Per site: payloads expected at one a minute, received, ratio, and the gaps."""
-    now = now or datetime.now(UTC)
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    end = min(start + timedelta(days=1), max(now, start))
-    expected = int((end - start).total_seconds() // 60)
-    minutes = payloads.lazy().select("site", pl.col("time").dt.truncate("1m")).unique()
-    received = minutes.group_by("site").agg(received=pl.len())
-    # the day's edges as sentinels, so gaps at the start and the end of the day count too
-    edges = received.select("site").join(
-        pl.LazyFrame({"time": [start - timedelta(minutes=1), end]}, schema={"time": TIME}),
-        how="cross",
-    )
-    gaps = (
-        pl.concat([minutes, edges])
-        .sort("site", "time")
-        .with_columns(previous=pl.col("time").shift(1).over("site"))
-        .with_columns(missing=(pl.col("time") - pl.col("previous")).dt.total_minutes() - 1)
-        .filter(pl.col("missing") >= GAP_MINUTES)
-        .group_by("site")
-        .agg(gaps=pl.struct(start=pl.col("previous") + timedelta(minutes=1), minutes="missing"))
-    )
-    return (
-        received.join(gaps, on="site", how="left", nulls_equal=True)
-        .with_columns(
-            date=pl.lit(day),
-            expected=pl.lit(expected, dtype=pl.Int64),
-            ratio=(pl.col("received") / max(expected, 1)).round(4),
-            largest_gap_minutes=pl.col("gaps")
-            .list.eval(pl.element().struct.field("minutes"))
-            .list.max()
-            .fill_null(0),
-        )
-        .select("site", "date", "expected", "received", "ratio", "largest_gap_minutes", "gaps")
-        .sort("site")
-        .collect()
-    )
-
-
-# --- everything -------------------------------------------------------------------------------
-
-
-@dataclass
-class ProcessResult:
-    staged: StageResult | None
-    dates: list[DateResult]
-
-
-def process(
     store: ObjectStore,
-    dates: Iterable[date] | None = None,
-    progress: Progress | None = None,
-    chunk_size: int = 50_000,
-) -> ProcessResult:
-    """Stage whatever raw holds that is new, then rebuild every date with pending units (those
-    just staged, and those a crashed run left) and `dates`."""
-    store.check()
-    keys = new_raw_keys(store)
-    staged = stage(store, keys, chunk_size, progress) if keys else None
-    todo = sorted(set(dates or ()) | set(pending_dates(store)))
-    built = []
-    for number, day in enumerate(todo, start=1):
-        built.append(build_date(store, day, progress))
-        if progress:
-            progress(f"built {day} ({number} of {len(todo)} dates)")
-    return ProcessResult(staged, built)
+    table: str,
+    day: date,
+    bucket: int,
+    hour: int | None,
+    frame: pl.DataFrame,
+    result: UnitResult,
+) -> str:
+    """One file per unit and hour (or per unit, for daily tables)."""
+    key = layout.curated_key(table, day, bucket, hour)
+    store.put(key, to_parquet(frame.drop("date", strict=False)))
+    result.rows[table] = result.rows.get(table, 0) + frame.height
+    return key
+
+
+def _build_hour(
+    store: ObjectStore, day: date, bucket: int, hour: int, result: UnitResult
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Rebuild one hour's curated files; return its stats, energy and completeness partials."""
+    stats = dict.fromkeys(HOUR_STATS.names(), 0) | {"hour": hour, "max_lag_s": None}
+    energy = aggregates.ENERGY_PARTIAL.to_frame()
+    completeness = aggregates.COMPLETENESS_PARTIAL.to_frame()
+    readings = _staged(store, "readings", day, bucket, hour)
+    if readings is not None:
+        stats["staged_readings"] = readings.height
+        readings = first_received(readings, READING_KEY).sort(*READING_KEY, nulls_last=True)
+        stats["readings"] = readings.height
+        stats["ahead_of_receipt"], stats["max_lag_s"] = readings.select(
+            (pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
+            (pl.col("received_at") - pl.col("time")).max().dt.total_seconds(fractional=True),
+        ).row(0)
+        key = _put(store, "readings", day, bucket, hour, readings, result)
+        written = read_parquet(store, key)  # read back: what analysts will read
+        stats["duplicates_left"] = 0 if written is None else _duplicates(written)
+        _put(
+            store, "readings_15min", day, bucket, hour, aggregates.readings_15min(readings), result
+        )
+        energy = aggregates.energy_partials(readings)
+    status = _staged(store, "device_status", day, bucket, hour)
+    if status is not None:
+        status = status.unique(maintain_order=True).sort(
+            "site", "time", "vid", "device", nulls_last=True
+        )
+        _put(store, "device_status", day, bucket, hour, status, result)
+    payloads = _staged(store, "pipeline_payloads", day, bucket, hour)
+    if payloads is not None:
+        payloads = first_received(payloads, PAYLOAD_KEY).sort("site", "time", nulls_last=True)
+        _put(store, "pipeline_payloads", day, bucket, hour, payloads, result)
+        stats["accepted_payloads"] = payloads.height
+        completeness = aggregates.completeness_partials(payloads)
+    rejects = _staged(store, "rejects", day, bucket, hour)
+    if rejects is not None:
+        rejects = first_received(rejects, REJECT_KEY).sort("site", "time", nulls_last=True)
+        _put(store, "rejects", day, bucket, hour, rejects, result)
+        stats["rejected_payloads"] = rejects.filter(pl.col("time").is_null()).height
+    hour_column = pl.lit(hour, pl.Int64).alias("hour")
+    return (
+        pl.DataFrame([stats], schema=HOUR_STATS),
+        energy.with_columns(hour_column),
+        completeness.with_columns(hour_column),
+    )
+
+
+def _duplicates(readings: pl.DataFrame) -> int:
+    keys = readings.select(READING_KEY)
+    return keys.height - keys.n_unique()
+
+
+def _merge_partials(
+    store: ObjectStore,
+    kind: str,
+    day: date,
+    bucket: int,
+    hours: list[int],
+    new: list[pl.DataFrame],
+    schema: pl.Schema,
+) -> pl.DataFrame:
+    """The unit's partials with the rebuilt hours replaced (one small file per unit and kind)."""
+    key = layout.partials_key(kind, day, bucket)
+    kept = read_parquet(store, key)
+    frames = [] if kept is None else [kept.filter(~pl.col("hour").is_in(hours))]
+    merged = (
+        pl.concat([*frames, *new], how="diagonal_relaxed")
+        if frames or new
+        else pl.DataFrame(schema={**schema, "hour": pl.Int64})
+    )
+    merged = merged.sort("hour", maintain_order=True)
+    store.put(key, to_parquet(merged))
+    return merged
+
+
+def _write_daily(
+    store: ObjectStore,
+    day: date,
+    bucket: int,
+    energy: pl.DataFrame,
+    completeness: pl.DataFrame,
+    result: UnitResult,
+    now: datetime | None,
+) -> None:
+    result.rows["energy_daily"] = _write_energy(store, day, bucket, energy=energy)
+    daily = aggregates.completeness_daily(completeness, day, now)
+    _put(store, "completeness_daily", day, bucket, None, daily.drop("last_time"), result)
+    result.completeness = dict(daily.select("site", "ratio").iter_rows())
+    result.last_payload = dict(daily.select("site", "last_time").iter_rows())
+
+
+def _write_energy(
+    store: ObjectStore,
+    day: date,
+    bucket: int,
+    energy: pl.DataFrame | None = None,
+    previous: pl.DataFrame | None = None,
+) -> int:
+    """Write the day's energy from its partials and the day before's (each read from storage
+    unless given); rows written.
+
+    The units of two consecutive days may be refreshed at once, each writing its partials and
+    then reading the other's, so whichever reads second sees both. So that a result made from an
+    older read cannot land last, what was read is read again after writing, and if it changed
+    meanwhile, the energy is made again.
+    """
+    keys = {
+        "energy": None if energy is not None else layout.partials_key("energy", day, bucket),
+        "previous": None
+        if previous is not None
+        else layout.partials_key("energy", day - timedelta(days=1), bucket),
+    }
+    given = {"energy": energy, "previous": previous}
+    for _ in range(3):
+        frames = {
+            name: given[name] if key is None else read_parquet(store, key)
+            for name, key in keys.items()
+        }
+        if frames["energy"] is None:
+            return 0
+        today = frames["energy"]
+        before = frames["previous"] if frames["previous"] is not None else today.clear()
+        daily = aggregates.energy_daily(today, before, day)
+        store.put(layout.curated_key("energy_daily", day, bucket), to_parquet(daily.drop("date")))
+        if all(
+            key is None or _same(frames[name], read_parquet(store, key))
+            for name, key in keys.items()
+        ):
+            break
+    return daily.height
+
+
+def _same(a: pl.DataFrame | None, b: pl.DataFrame | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.equals(b))
+
+
+def _refresh_next_days_energy(
+    store: ObjectStore, day: date, bucket: int, energy: pl.DataFrame
+) -> None:
+    """The next day's first counter interval starts in this day: if the next day has data, its
+    energy is made again with this day's last readings."""
+    _write_energy(store, day + timedelta(days=1), bucket, previous=energy)
+
+
+def _stray_files(store: ObjectStore, day: date, bucket: int) -> dict[str, int]:
+    """Files in the unit's readings folder that no refresh wrote (a copy, an old layout's
+    leftovers), with their rows: every one of them is read twice, or should not be there."""
+    expected = {f"{hour:02d}.parquet" for hour in range(24)}
+    prefix = layout.curated_key("readings", day, bucket, 0).rsplit("/", 1)[0] + "/"
+    strays = [key for key in store.list_keys(prefix) if key.rsplit("/", 1)[1] not in expected]
+    return {key: frame.height for key in strays if (frame := read_parquet(store, key)) is not None}
+
+
+def _sum_stats(stats: pl.DataFrame, result: UnitResult) -> None:
+    totals = stats.select(
+        pl.col("staged_readings", "readings", "duplicates_left", "accepted_payloads").sum(),
+        pl.col("rejected_payloads", "ahead_of_receipt").sum(),
+        pl.col("max_lag_s").max(),
+    ).row(0, named=True)
+    result.readings = totals["readings"]
+    result.duplicates_removed = totals["staged_readings"] - totals["readings"]
+    result.duplicates_left = totals["duplicates_left"] + sum(result.stray_files.values())
+    result.accepted_payloads = totals["accepted_payloads"]
+    result.rejected_payloads = totals["rejected_payloads"]
+    result.ahead_of_receipt = totals["ahead_of_receipt"]
+    result.max_lag_s = totals["max_lag_s"]

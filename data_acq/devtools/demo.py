@@ -19,10 +19,10 @@ import polars as pl
 from data_acq.acquire.broker import publish_all
 from data_acq.acquire.drain import Drain, DrainLimits
 from data_acq.curate.charts import write_charts
-from data_acq.curate.units import process
-from data_acq.curate.warehouse import WAREHOUSE_FILE, refresh_warehouse
 from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.devtools.simulate import SimulationSpec, simulate
+from data_acq.layout import WAREHOUSE_FILE
+from data_acq.pipeline import process
 from data_acq.settings import BrokerSettings
 from data_acq.storage import LocalStore
 
@@ -80,11 +80,10 @@ def run_demo(output: Path, sites: int = 5, hours: float = 48.0, seed: int = 42) 
         stats.objects,
         stats.acknowledged,
     )
-    result = process(store, progress=log.info)
-    warehouse = refresh_warehouse(output, [d.day for d in result.dates])
-    charts = [key for d in result.dates for key in write_charts(store, d.day)]
+    result = process(store, progress=log.info, workers=2)
+    charts = [key for day in result.dates for key in write_charts(store, day)]
     log.info("drew %d daily charts", len(charts))
-    _report(warehouse, len(messages), stats.stored, output)
+    _report(output / WAREHOUSE_FILE, len(messages), stats.stored, output)
 
 
 def _report(warehouse: Path, published: int, stored: int, output: Path) -> None:
@@ -148,5 +147,5 @@ def _report(warehouse: Path, published: int, stored: int, output: Path) -> None:
         f"  curated/    readings, device_status, pipeline_payloads, rejects, readings_15min,\n"
         f"              energy_daily, completeness_daily (by measurement date)\n"
         f"  curated/charts/  a daily chart per site (PNG), e.g. {output / 'curated' / 'charts'}\n"
-        f"  {WAREHOUSE_FILE}  tables for SQL: duckdb {warehouse}"
+        f"  {WAREHOUSE_FILE}  views over curated/ for SQL: duckdb {warehouse}"
     )

@@ -28,8 +28,9 @@ from data_acq.settings import BrokerSettings
 log = logging.getLogger(__name__)
 
 
-def ui_environment(folder: Path, broker_port: int) -> dict[str, str]:
-    """The variables `dagster dev` runs with: everything points at the private broker and folder."""
+def ui_environment(folder: Path, broker_port: int, start: datetime) -> dict[str, str]:
+    """The variables `dagster dev` runs with: everything points at the private broker and folder,
+    and the data is refreshed every ten seconds."""
     return {
         "MQTT_BROKER": "127.0.0.1",
         "MQTT_PORT": str(broker_port),
@@ -38,6 +39,8 @@ def ui_environment(folder: Path, broker_port: int) -> dict[str, str]:
         "DAGSTER_HOME": str(folder / "dagster_home"),
         "DATA_ACQ_SENSORS": "running",
         "DATA_ACQ_DRAIN_WINDOW": "120",
+        "DATA_ACQ_START_DATE": start.date().isoformat(),
+        "DATA_ACQ_REFRESH_INTERVAL": "10",
     }
 
 
@@ -48,9 +51,9 @@ def run_ui(
     (folder / "dagster_home").mkdir(parents=True, exist_ok=True)
     (folder / "dagster_home" / "dagster.yaml").touch()
     broker = LocalMosquitto(folder / "mosquitto", persistence=True, extra=BROKER_CONFIG).start()
-    env = {**os.environ, **ui_environment(folder, broker.port)}
-    stop = threading.Event()
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=hours)
+    env = {**os.environ, **ui_environment(folder, broker.port, start)}
+    stop = threading.Event()
     spec = SimulationSpec(sites=sites, start=start, minutes=int(hours * 60), outage_minutes=120)
     messages = itertools.takewhile(lambda _: not stop.is_set(), simulate(spec))
     publisher = threading.Thread(

@@ -1,0 +1,129 @@
+"""The processing sequence, in one place: stage what is new in raw, refresh the units it left
+pending, feed their new documents to SQS, keep the warehouse's views current.
+
+`data-acq process` and the demo call `process`; the Dagster assets run the same steps as
+separate runs (staging, then one run per unit, each its own ECS task in production).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
+from multiprocessing import get_context
+from typing import Any
+
+from data_acq.curate.feed import send_new_documents
+from data_acq.curate.staging import DEFAULT_BUCKETS, StageResult, new_raw_keys, stage
+from data_acq.curate.units import Unit, UnitResult, pending_units, refresh_unit, staged_units
+from data_acq.curate.warehouse import refresh_warehouse
+from data_acq.storage import LocalStore, ObjectStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+Opener = Callable[[], ObjectStore]
+
+
+@dataclass
+class ProcessResult:
+    staged: StageResult | None
+    units: list[UnitResult]
+    warehouse: str | None  # where the warehouse file was written, if its tables changed
+
+    @property
+    def dates(self) -> list[date]:
+        return sorted({unit.day for unit in self.units})
+
+
+def sqs_client() -> Any:
+    import boto3
+
+    return boto3.client("sqs")
+
+
+def refresh(
+    store: ObjectStore,
+    day: date,
+    bucket: int,
+    full: bool = False,
+    queue_url: str | None = None,
+    progress: Progress | None = None,
+) -> UnitResult:
+    """Refresh one unit, then send the documents of the hours it rebuilt that are new."""
+    result = refresh_unit(store, day, bucket, full=full, progress=progress)
+    if queue_url:
+        sent = send_new_documents(store, day, bucket, result.hours, sqs_client(), queue_url)
+        result.sent_to_queue = sent.sent
+        if sent.refused:
+            log.warning("%s: SQS refused %d documents (too large)", result.partition, sent.refused)
+    return result
+
+
+def _refresh_opened(opener: Opener, unit: Unit, full: bool, queue_url: str | None) -> UnitResult:
+    return refresh(opener(), *unit, full=full, queue_url=queue_url)
+
+
+def refresh_units(
+    store: ObjectStore,
+    units: dict[Unit, bool],
+    workers: int = 1,
+    opener: Opener | None = None,
+    queue_url: str | None = None,
+    progress: Progress | None = None,
+) -> list[UnitResult]:
+    """Refresh units (-> whether to rebuild every hour), in `workers` processes when more than
+    one; each worker opens its own store with `opener`."""
+    todo = sorted(units)
+    if workers <= 1 or len(todo) <= 1:
+        results = []
+        for number, unit in enumerate(todo, start=1):
+            results.append(refresh(store, *unit, full=units[unit], queue_url=queue_url))
+            _report(progress, results[-1], number, len(todo))
+        return results
+    if opener is None:
+        if not isinstance(store, LocalStore):
+            raise ValueError("refreshing in parallel needs an opener for this store")
+        opener = partial(LocalStore, store.root)
+    results = []
+    # spawn, not fork: Polars' thread pool does not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_refresh_opened, opener, unit, units[unit], queue_url) for unit in todo
+        ]
+        for number, future in enumerate(as_completed(futures), start=1):
+            results.append(future.result())
+            _report(progress, results[-1], number, len(todo))
+    return sorted(results, key=lambda r: (r.day, r.bucket))
+
+
+def _report(progress: Progress | None, result: UnitResult, number: int, total: int) -> None:
+    if progress:
+        hours = ", ".join(f"{h:02d}" for h in result.hours) or "none"
+        progress(f"refreshed {result.partition} (hours {hours}; {number} of {total} units)")
+
+
+def process(
+    store: ObjectStore,
+    dates: Iterable[date] = (),
+    progress: Progress | None = None,
+    *,
+    buckets: int = DEFAULT_BUCKETS,
+    chunk_size: int = 50_000,
+    workers: int = 1,
+    opener: Opener | None = None,
+    queue_url: str | None = None,
+) -> ProcessResult:
+    """Stage whatever raw holds that is new, refresh every unit with pending hours (those just
+    staged, and those a killed run left) and every unit of `dates` in full, then the warehouse."""
+    store.check()
+    keys = new_raw_keys(store)
+    staged = stage(store, keys, buckets, chunk_size, progress) if keys else None
+    units = dict.fromkeys(pending_units(store), False)
+    for day in dates:
+        units |= dict.fromkeys(((day, bucket) for bucket in staged_units(store, day)), True)
+    results = refresh_units(store, units, workers, opener, queue_url, progress)
+    return ProcessResult(staged, results, refresh_warehouse(store))
