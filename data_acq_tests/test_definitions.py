@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -71,16 +72,17 @@ def test_broker_check_fails_clearly_with_a_wrong_password(
 
 
 def test_ui_environment_switches_the_sensors_on(tmp_path: Path) -> None:
-    env = ui_environment(tmp_path, 18830)
+    env = ui_environment(tmp_path, 18830, datetime(2024, 10, 12, 9, tzinfo=UTC))
     settings = Settings.from_env(env)
     assert settings.sensors_running and settings.drain_window_s == 120
+    assert settings.start_date == date(2024, 10, 12) and settings.refresh_interval_s == 10
     assert (settings.broker.host, settings.broker.port) == ("127.0.0.1", 18830)
     assert settings.storage == str(tmp_path / "storage")
     sensors = [
         build_drain_sensor(
             settings.subscriptions, settings.drain_window_s, settings.sensors_running
         ),
-        *build_processing_sensors(settings.sensors_running),
+        *build_processing_sensors(settings.sensors_running, settings.refresh_interval_s),
     ]
     assert {s.name: s.default_status for s in sensors} == {
         "drain_sensor": DefaultSensorStatus.RUNNING,

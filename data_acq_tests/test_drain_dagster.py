@@ -19,7 +19,7 @@ from dagster import (
 from dagster._core.utils import make_new_run_id
 
 from data_acq.acquire.raw import raw_keys
-from data_acq.defs.assets import raw_messages
+from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s

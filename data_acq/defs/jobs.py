@@ -3,7 +3,6 @@
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
-    AssetSelection,
     Config,
     DagsterRunStatus,
     OpExecutionContext,
@@ -16,8 +15,14 @@ from dagster import (
 from pydantic import Field
 
 from data_acq.acquire.broker import connect, make_client
-from data_acq.defs.assets import curated, daily_charts, raw_messages, staged_raw
+from data_acq.defs.acquisition import raw_messages
+from data_acq.defs.processing import curated, daily_charts, staged_raw, warehouse
 from data_acq.defs.resources import MQTTBroker
+
+# EcsRunLauncher sizes each run's task by these tags: a drain holds a batch or two, a unit's
+# refresh one unit-hour at a time (docs/performance.md)
+SMALL_TASK = {"ecs/cpu": "512", "ecs/memory": "1024"}
+PROCESSING_TASK = {"ecs/cpu": "1024", "ecs/memory": "4096"}
 
 
 @op(description="Connect to the broker with the configured TLS, CA and credentials, then leave.")
@@ -53,21 +58,31 @@ drain_job = define_asset_job(
         "stored. Started and restarted by the drain sensor, one run per subscription."
     ),
     # where run retries are on (deploy/dagster.yaml), a failed drain is retried at once
-    tags={"data_acq/kind": "drain", "dagster/max_retries": "2"},
+    tags={"data_acq/kind": "drain", "dagster/max_retries": "2", **SMALL_TASK},
 )
 
 
 stage_job = define_asset_job(
     "stage_raw",
-    selection=[staged_raw],
-    description="File raw objects not processed yet under their measurement dates.",
+    selection=[staged_raw, warehouse],
+    description="Stage the raw objects not staged yet by unit and hour, and keep the warehouse's "
+    "views current.",
+    tags=PROCESSING_TASK,
 )
 
 curate_job = define_asset_job(
-    "curate_date",
-    selection=AssetSelection.assets(curated, daily_charts),
-    description="Rebuild one measurement date: curated tables, aggregates, checks, warehouse, "
-    "charts.",
+    "curate_unit",
+    selection=[curated],
+    description="Refresh one unit (a measurement date and a bucket of sites): the hours new data "
+    "touched, the daily tables, the SQS feed, the checks. Units run in parallel, one run each.",
+    tags=PROCESSING_TASK,
+)
+
+charts_job = define_asset_job(
+    "draw_charts",
+    selection=[daily_charts],
+    description="Draw a date's chart per site.",
+    tags=PROCESSING_TASK,
 )
 
 

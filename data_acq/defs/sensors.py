@@ -1,11 +1,14 @@
-"""The drain sensor: exactly one drain run active per subscription, relaunched as runs end."""
+"""The sensors: one drain run active per subscription, relaunched as runs end; staging as raw
+objects arrive; one refresh per pending unit."""
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
+    MultiPartitionKey,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -16,9 +19,11 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import RunRecord
 
-from data_acq.curate.units import new_raw_keys, pending_dates
-from data_acq.defs.assets import SUBSCRIPTION_TAG, daily, drain_subscription
+from data_acq.curate.staging import new_raw_keys
+from data_acq.curate.units import pending_units
+from data_acq.defs.acquisition import SUBSCRIPTION_TAG, drain_subscription
 from data_acq.defs.jobs import curate_job, drain_job, stage_job
+from data_acq.defs.partitions import settings
 from data_acq.defs.resources import Storage
 from data_acq.settings import Subscription
 
@@ -127,15 +132,17 @@ def build_drain_sensor(
     return drain_sensor
 
 
-def build_processing_sensors(running: bool = False) -> list[SensorDefinition]:
-    """The sensors that stage new raw objects and refresh the dates they touched."""
+def build_processing_sensors(running: bool = False, interval_s: int = 60) -> list[SensorDefinition]:
+    """The sensors that stage new raw objects and refresh the units they touched, every
+    `interval_s` seconds (DATA_ACQ_REFRESH_INTERVAL): the cadence of live data."""
 
     @sensor(
         job=stage_job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=interval_s,
         default_status=_status(running),
         description="Stages raw objects as they arrive: requests a stage_raw run when raw storage "
-        "holds objects not processed yet and no stage_raw run is active.",
+        "holds objects not staged yet (found from the staging cursor) and no stage_raw run is "
+        "active.",
     )
     def new_raw_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
         active = context.instance.get_runs(
@@ -152,41 +159,58 @@ def build_processing_sensors(running: bool = False) -> list[SensorDefinition]:
 
     @sensor(
         job=curate_job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         default_status=_status(running),
-        description="Late and new data: refreshes every measurement date that has staged units "
-        "not built yet (one curate_date run per date, none while one for that date is active; "
-        "after a failure it waits 30 s, doubling to 15 min). A crashed run leaves its date "
-        "pending, so it is built again.",
+        description="Late and new data: one curate_unit run for every unit (date x bucket of "
+        "sites) with staged hours not built yet -- none while a run for that unit is queued or "
+        "running, which picks up everything staged before it starts; after failures it waits "
+        "30 s, doubling to 15 min. A crashed run leaves its unit pending, so it runs again.",
     )
     def curation_sensor(context: SensorEvaluationContext, storage: Storage) -> SensorResult:
-        valid = set(daily.get_partition_keys())
+        instance = context.instance
+        active = {
+            run.tags.get(PARTITION_TAG)
+            for run in instance.get_runs(
+                filters=RunsFilter(job_name=curate_job.name, statuses=ACTIVE)
+            )
+        }
+        failed: dict[str, list[RunRecord]] = {}
+        for record in instance.get_run_records(
+            filters=RunsFilter(
+                job_name=curate_job.name,
+                statuses=[DagsterRunStatus.FAILURE],
+                updated_after=datetime.now(UTC) - timedelta(seconds=BACKOFF_MAX_S),
+            )
+        ):
+            failed.setdefault(record.dagster_run.tags.get(PARTITION_TAG, ""), []).append(record)
+        first = settings.start_date
         requests: list[RunRequest] = []
         skipped: list[str] = []
-        pending = sorted(day.isoformat() for day in pending_dates(storage.store()))
-        for day in pending:
-            if day not in valid:
-                skipped.append(f"{day}: outside the partitions (data-acq process builds it)")
-                continue
-            tags = {PARTITION_TAG: day}
-            runs = context.instance.get_run_records(
-                filters=RunsFilter(job_name=curate_job.name, tags=tags), limit=10
-            )
-            if runs and runs[0].dagster_run.status in ACTIVE:
-                skipped.append(f"{day}: run {runs[0].dagster_run.run_id[:8]} is active")
-                continue
-            failures, remaining = _waiting_after_failures(runs)
-            if remaining > 0:
-                skipped.append(f"{day}: {failures} failed runs; next try in {remaining:.0f} s")
-                continue
-            requests.append(RunRequest(partition_key=day))
+        for day, bucket in sorted(pending_units(storage.store())):
+            key = MultiPartitionKey({"date": day.isoformat(), "bucket": f"{bucket:02d}"})
+            if day < first or day > datetime.now(UTC).date() + timedelta(days=1):
+                skipped.append(f"{key}: outside the partitions (data-acq process builds it)")
+            elif str(key) in active:
+                skipped.append(f"{key}: a run is already queued or running")
+            elif (wait := _backoff(failed.get(str(key), []))) > 0:
+                skipped.append(f"{key}: failed recently; next try in {wait:.0f} s")
+            else:
+                requests.append(RunRequest(partition_key=key))
         if skipped:
-            context.log.info("; ".join(skipped))
+            context.log.info("; ".join(skipped[:50]))
         return SensorResult(
             run_requests=requests,
             skip_reason=None
             if requests
-            else SkipReason("; ".join(skipped) or "no staged data waits to be built"),
+            else SkipReason("; ".join(skipped[:20]) or "no staged data waits to be built"),
         )
 
     return [new_raw_sensor, curation_sensor]
+
+
+def _backoff(failures: list[RunRecord]) -> float:
+    """Seconds still to wait after a unit's recent failures (30 s doubling, at most 15 min)."""
+    if not failures:
+        return 0.0
+    ended = max(r.end_time or r.update_timestamp.timestamp() for r in failures)
+    return ended + failure_backoff_s(len(failures)) - time.time()

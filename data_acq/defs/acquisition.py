@@ -1,0 +1,113 @@
+"""Acquisition: the raw_messages asset, one drain window per materialization."""
+
+import time
+
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    DagsterRunStatus,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunsFilter,
+    asset,
+)
+from dagster._core.instance import DagsterInstance
+from pydantic import Field
+
+from data_acq import layout
+from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
+from data_acq.defs.resources import MQTTBroker, Storage
+
+PROGRESS_EVERY_S = 30.0
+_DEFAULTS = DrainLimits()
+
+
+DRAIN_JOB = "drain"
+SUBSCRIPTION_TAG = "data_acq/subscription"
+RUNNING = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+class DrainConfig(Config):
+    subscription: str = Field(
+        default="main",
+        description="Name of the subscription (DATA_ACQ_SUBSCRIPTIONS; `main` without it): its "
+        "topics and persistent-session client id come from the deployment's settings",
+    )
+    max_seconds: float = Field(default=600.0, description="Length of the drain window")
+    idle_exit_s: float | None = Field(
+        default=None, description="End early after this long without messages"
+    )
+    batch_messages: int = _DEFAULTS.batch_messages
+    max_batch_age_s: float = _DEFAULTS.max_batch_age_s
+
+
+@asset(
+    group_name="acquisition",
+    kinds={"mqtt"},
+    description=(
+        "Raw MQTT messages, exactly as received, with topic and receive time: gzip NDJSON objects "
+        "under <storage>/raw/date=YYYY-MM-DD/hour=HH/, written once and never changed. Each "
+        "materialization is one drain window; the drain sensor keeps one running per subscription."
+    ),
+)
+def raw_messages(
+    context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
+) -> MaterializeResult:
+    broker = mqtt.subscription_settings(config.subscription)
+    _refuse_a_second_drain(context.instance, context.run.run_id, config.subscription)
+    store = storage.store()
+    limits = DrainLimits(
+        max_seconds=config.max_seconds,
+        idle_exit_s=config.idle_exit_s,
+        batch_messages=config.batch_messages,
+        max_batch_age_s=config.max_batch_age_s,
+    )
+    context.log.info(
+        f"draining {', '.join(broker.topics)} from {broker.address} as {broker.client_id} into "
+        f"{store.url(layout.RAW)} for up to {limits.max_seconds:.0f} s"
+    )
+    last_report = [time.monotonic()]
+
+    def progress(stats: DrainStats) -> None:
+        if time.monotonic() - last_report[0] >= PROGRESS_EVERY_S:
+            last_report[0] = time.monotonic()
+            context.log.info(
+                f"{stats.stored} messages stored in {stats.objects} objects, "
+                f"{stats.acknowledged} acknowledged, from {len(stats.sites)} sites"
+            )
+
+    stats = Drain(broker, mqtt.ca_file(), store, limits, on_flush=progress).run()
+    context.log.info(f"window ended: {stats.stored} messages stored in {stats.objects} objects")
+    metadata: dict[str, object] = {
+        **stats.to_metadata(),
+        "subscription": config.subscription,
+        "raw_root": MetadataValue.path(store.url(layout.RAW)),
+    }
+    if stats.keys:
+        metadata["last_object"] = MetadataValue.path(store.url(stats.keys[-1]))
+    return MaterializeResult(metadata=metadata)
+
+
+def drain_subscription(run_config: dict, tags: dict[str, str]) -> str:
+    """The subscription a drain run drains: its tag, else its run configuration, else `main`."""
+    if SUBSCRIPTION_TAG in tags:
+        return tags[SUBSCRIPTION_TAG]
+    config = run_config.get("ops", {}).get("raw_messages", {}).get("config", {})
+    return str(config.get("subscription", "main"))
+
+
+def _refuse_a_second_drain(instance: DagsterInstance, run_id: str, subscription: str) -> None:
+    """One drain per subscription, whoever launched it: a second client with the same id would
+    take the first one's MQTT session over. Of two running at once, the older one goes on."""
+    records = instance.get_run_records(filters=RunsFilter(job_name=DRAIN_JOB, statuses=RUNNING))
+    mine = next((r for r in records if r.dagster_run.run_id == run_id), None)
+    for record in records:
+        run = record.dagster_run
+        if run.run_id == run_id or drain_subscription(run.run_config, run.tags) != subscription:
+            continue
+        if mine is None or record.create_timestamp <= mine.create_timestamp:
+            raise Failure(
+                f"subscription {subscription!r} is already being drained by run "
+                f"{run.run_id[:8]}; a second drain would take over its MQTT session"
+            )

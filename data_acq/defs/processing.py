@@ -1,0 +1,164 @@
+"""Processing: staging, the curated tables of each unit (a date and a bucket of sites), the
+warehouse's views and the daily charts -- the steps of data_acq.pipeline, one run each."""
+
+import base64
+from collections.abc import Iterator
+from datetime import date
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetSpec,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
+
+from data_acq import layout, pipeline
+from data_acq.curate.charts import write_charts
+from data_acq.curate.staging import new_raw_keys, stage
+from data_acq.curate.units import UnitResult
+from data_acq.curate.warehouse import refresh_warehouse
+from data_acq.defs.acquisition import raw_messages
+from data_acq.defs.checks import CHECK_SPECS, unit_checks
+from data_acq.defs.partitions import days, settings, units
+from data_acq.defs.resources import PipelineQueue, Storage
+from data_acq.storage import ObjectStore
+
+CURATED_ASSETS = {
+    "readings": "Tidy readings (site, time, vid, device, field, value, value_text, received_at), "
+    "de-duplicated on site, time, vid, device and field.",
+    "device_status": "The `_s` status readings (site, time, vid, device, content, level).",
+    "pipeline_payloads": "Each accepted payload in the pipeline format (site, time, received_at, "
+    "document), once per site and document.",
+    "rejects": "Every payload, reading or value that could not be used: reason, path, the raw "
+    "object and line it came from, and the payload's SHA-1 (one row however often delivered).",
+    "readings_15min": "Per site, vid, device, field and quarter hour: mean, min, max, last, count.",
+    "energy_daily": "The day's increase of each cumulative counter (E, E_exported, total_yield, "
+    "runtime ...), the interval that crosses midnight included; a step down is a reset.",
+    "completeness_daily": "Per site: payloads expected at one a minute, received, ratio, gaps.",
+}
+PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the folder
+
+
+@asset(
+    group_name="processing",
+    deps=[raw_messages],
+    kinds={"polars"},
+    description="Raw objects not staged yet (found from a cursor, not by listing history), "
+    "flattened and filed by unit and measurement hour under staging/. Each unit it touched is "
+    "left pending; the curation sensor refreshes exactly those.",
+)
+def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+    store = storage.store()
+    keys = new_raw_keys(store)
+    result = stage(store, keys, settings.buckets, progress=context.log.info) if keys else None
+    touched = sorted(f"{b:02d}|{d.isoformat()}" for d, b in result.units) if result else []
+    context.log.info(f"staged {len(keys)} raw objects; units touched: {len(touched)}")
+    return MaterializeResult(
+        metadata={
+            "raw_objects": len(keys),
+            "messages": result.messages if result else 0,
+            "accepted": result.accepted if result else 0,
+            "rejects": result.rejects if result else 0,
+            "units": MetadataValue.json(touched),
+        }
+    )
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            name, description=text, deps=[staged_raw], group_name="processing", kinds={"parquet"}
+        )
+        for name, text in CURATED_ASSETS.items()
+    ],
+    partitions_def=units,
+    check_specs=CHECK_SPECS,
+)
+def curated(
+    context: AssetExecutionContext, storage: Storage, pipeline_queue: PipelineQueue
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """One unit: its pending hours rebuilt (all of its hours when nothing is pending, as in a
+    backfill), its daily tables, its new documents sent, and its checks."""
+    # a run launched with only the `dagster/partition` tag has the key as a plain string
+    key = units.get_partition_key_from_str(str(context.partition_key))
+    day = date.fromisoformat(key.keys_by_dimension["date"])
+    bucket = int(key.keys_by_dimension["bucket"])
+    store = storage.store()
+    result = pipeline.refresh(
+        store, day, bucket, queue_url=pipeline_queue.queue_url, progress=context.log.info
+    )
+    yield from _materializations(store, result)
+    yield from unit_checks(result)
+
+
+def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[MaterializeResult]:
+    for name in CURATED_ASSETS:
+        metadata: dict[str, object] = {
+            "rows_written": result.rows.get(name, 0),
+            "hours_rebuilt": ", ".join(f"{h:02d}" for h in result.hours) or "none",
+            "location": MetadataValue.path(
+                store.url(layout.curated_key(name, result.day, result.bucket).rsplit("/", 1)[0])
+            ),
+        }
+        if name == "readings":
+            metadata |= {
+                "readings_today": result.readings,
+                "sites": result.sites,
+                "duplicates_removed": result.duplicates_removed,
+            }
+        if name == "pipeline_payloads" and result.sent_to_queue is not None:
+            metadata["sent_to_sqs"] = result.sent_to_queue
+        yield MaterializeResult(asset_key=name, metadata=metadata)
+
+
+@asset(
+    group_name="processing",
+    deps=list(CURATED_ASSETS),
+    kinds={"duckdb"},
+    output_required=False,
+    description="DuckDB file <storage>/warehouse.duckdb: a view per curated table over its "
+    "Parquet files, so it never holds a copy and never needs a refresh. Written (and "
+    "materialized) only when the set of tables changes; see docs/analysts.md.",
+)
+def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[MaterializeResult]:
+    location = refresh_warehouse(storage.store())
+    if location is None:
+        context.log.info("the warehouse's views are current")
+        return
+    yield MaterializeResult(metadata={"path": MetadataValue.path(location)})
+
+
+@asset(
+    partitions_def=days,
+    deps=["readings_15min", "energy_daily"],
+    group_name="processing",
+    kinds={"matplotlib"},
+    description="A daily chart per site (power through the day, counters' gain since midnight), "
+    "PNG under curated/charts/date=D/site=<site key>.png; drawn after the day ends (and on "
+    "demand, e.g. after late data); the first ones are shown in the metadata.",
+)
+def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+    store = storage.store()
+    day = date.fromisoformat(context.partition_key)
+    charts = write_charts(store, day, progress=context.log.info)
+    previews = "\n\n".join(
+        f"**{_markdown_text(site)}**\n\n"
+        f"![chart](data:image/png;base64,{base64.b64encode(store.get(key)).decode()})"
+        for site, key in charts[:PREVIEW_CHARTS]
+    )
+    return MaterializeResult(
+        metadata={
+            "charts": len(charts),
+            "folder": MetadataValue.path(store.url(layout.curated_prefix("charts", day))),
+            "preview": MetadataValue.md(previews or "no data for this date"),
+        }
+    )
+
+
+def _markdown_text(site: str | None) -> str:
+    """A logger-chosen site id shown as text, not as Markdown or HTML."""
+    text = "(no site)" if site is None else repr(site)[1:-1] or "(empty site id)"
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text[:80])
