@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,11 +29,11 @@ from data_acq.curate.flatten import (
     READINGS_SCHEMA,
     STATUS_SCHEMA,
     Tables,
-    iter_flatten,
+    iter_flatten_parallel,
     write_parquet,
 )
 from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
-from data_acq.messages import read_lines
+from data_acq.messages import Message, read_lines
 from data_acq.pipeline import process
 from data_acq.pipeline_format import to_pipeline
 from data_acq.settings import Settings, SettingsError
@@ -142,7 +144,7 @@ def cmd_transform(args: argparse.Namespace) -> None:
 
             def frames() -> Iterator[Any]:
                 for name, stream in inputs:
-                    for tables in iter_flatten(read_lines(stream)):
+                    for tables in iter_flatten_parallel(_line_chunks(stream), args.workers):
                         _count_tables(tables, name, counts)
                         yield tables.readings if args.to == "readings" else tables.status
 
@@ -157,6 +159,15 @@ def cmd_transform(args: argparse.Namespace) -> None:
         f"{rejected} rejected, {counts['skipped']} readings or values skipped",
         file=sys.stderr,
     )
+
+
+TRANSFORM_CHUNK = 20_000  # lines a worker flattens at once
+
+
+def _line_chunks(stream: IO[bytes]) -> Iterator[Callable[[], Iterator[Message]]]:
+    """The input as chunks of lines a worker process can read, numbered as in the file."""
+    for number, chunk in enumerate(iter(lambda: list(islice(stream, TRANSFORM_CHUNK)), [])):
+        yield partial(read_lines, chunk, 1 + number * TRANSFORM_CHUNK)
 
 
 def _count_tables(tables: Tables, name: str, counts: dict[str, int]) -> None:
@@ -337,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("files", nargs="*", help="input files (default: stdin); '-' is stdin")
     tr.add_argument("--to", choices=("pipeline", "readings", "status"), default="pipeline")
     tr.add_argument("--output", help="Parquet file for --to readings / status")
+    tr.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes flattening at once for --to readings / status (default: the CPUs)",
+    )
     tr.set_defaults(func=cmd_transform)
 
     li = sub.add_parser("listen", help="print arriving payloads in the pipeline format")

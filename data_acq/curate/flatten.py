@@ -9,16 +9,20 @@ deep in a batch is kept like any other.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import io
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import polars as pl
-import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from data_acq.contract import Rejection, parse_payload
 from data_acq.messages import Message, site_of
@@ -302,11 +306,68 @@ def flatten(
     )
 
 
+Source = Callable[[], Iterable[Message]]
+
+
+def _flatten_source(source: Source, pipeline: bool) -> Tables:
+    return flatten(source(), chunk_size=1 << 30, pipeline=pipeline)
+
+
+_FRAMES = ("readings", "status", "rejects", "payloads")
+
+
+def _flatten_packed(source: Source, pipeline: bool) -> tuple[dict[str, bytes], int, int]:
+    """In a worker: the tables as Parquet bytes (lz4) -- a pickled frame of a few million rows
+    crosses a pipe ten times slower, and Parquet reads back faster than Arrow IPC, which
+    matters in the one process that reads them all."""
+    tables = _flatten_source(source, pipeline)
+    packed = {}
+    for name in _FRAMES:
+        buffer = io.BytesIO()
+        getattr(tables, name).write_parquet(buffer, compression="lz4", statistics=False)
+        packed[name] = buffer.getvalue()
+    return packed, tables.messages, tables.accepted
+
+
+def _unpack(packed: tuple[dict[str, bytes], int, int]) -> Tables:
+    frames, messages, accepted = packed
+    read = {name: pl.read_parquet(io.BytesIO(data)) for name, data in frames.items()}
+    return Tables(
+        read["readings"], read["status"], read["rejects"], messages, accepted, read["payloads"]
+    )
+
+
+def iter_flatten_parallel(
+    sources: Iterable[Source], workers: int, pipeline: bool = False
+) -> Iterator[Tables]:
+    """The tables of each source (a picklable callable giving messages: lines to read, raw
+    objects to fetch), in order, made by `workers` processes at once -- parsing is Python's
+    work, and one interpreter uses one core. Memory is bounded by the sources in flight."""
+    if workers <= 1:
+        for source in sources:
+            yield _flatten_source(source, pipeline)
+        return
+    # spawn, not fork: Polars' thread pool does not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        in_flight: deque[Future[tuple[dict[str, bytes], int, int]]] = deque()
+        for source in sources:
+            in_flight.append(pool.submit(_flatten_packed, source, pipeline))
+            if len(in_flight) > 2 * workers:
+                yield _unpack(in_flight.popleft().result())
+        while in_flight:
+            yield _unpack(in_flight.popleft().result())
+
+
 def write_parquet(frames: Iterable[pl.DataFrame], path: Path, schema: pl.Schema) -> int:
-    """Stream frames into one Parquet file without holding them all; returns the row count."""
+    """Stream frames into one Parquet file without holding them all; returns the row count.
+    (Polars' streaming writer: it compresses in parallel, twice as fast as pyarrow's here.)"""
     rows = 0
-    with pq.ParquetWriter(path, schema.to_frame().to_arrow().schema, compression="zstd") as out:
+
+    def batches(*_: object) -> Iterator[pl.DataFrame]:
+        nonlocal rows
         for frame in frames:
-            out.write_table(frame.to_arrow())
             rows += frame.height
+            yield frame
+
+    register_io_source(io_source=batches, schema=schema).sink_parquet(path, compression="zstd")
     return rows
