@@ -17,7 +17,13 @@ from multiprocessing import get_context
 from typing import Any
 
 from data_acq.curate.feed import send_new_documents
-from data_acq.curate.staging import DEFAULT_BUCKETS, StageResult, new_raw_keys, stage
+from data_acq.curate.staging import (
+    DEFAULT_BUCKETS,
+    MAX_OBJECTS,
+    StageResult,
+    new_raw_keys,
+    stage,
+)
 from data_acq.curate.units import Unit, UnitResult, pending_units, refresh_unit, staged_units
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.storage import LocalStore, ObjectStore
@@ -85,9 +91,7 @@ def refresh_units(
             _report(progress, results[-1], number, len(todo))
         return results
     if opener is None:
-        if not isinstance(store, LocalStore):
-            raise ValueError("refreshing in parallel needs an opener for this store")
-        opener = partial(LocalStore, store.root)
+        raise ValueError("refreshing in parallel needs an opener for the store")
     results = []
     # spawn, not fork: Polars' thread pool does not survive a fork
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -120,8 +124,13 @@ def process(
     """Stage whatever raw holds that is new, refresh every unit with pending hours (those just
     staged, and those a killed run left) and every unit of `dates` in full, then the warehouse."""
     store.check()
-    keys = new_raw_keys(store)
-    staged = stage(store, keys, buckets, chunk_size, progress) if keys else None
+    if opener is None and isinstance(store, LocalStore):
+        opener = partial(LocalStore, store.root)
+    staged = None
+    while keys := new_raw_keys(store, limit=MAX_OBJECTS):  # a backlog in bounded stagings
+        many = len(keys) > 4 * workers  # a live tick's few objects: not worth the processes
+        batch = stage(store, keys, buckets, chunk_size, progress, workers if many else 1, opener)
+        staged = batch if staged is None else staged.merged(batch)
     units = dict.fromkeys(pending_units(store), False)
     for day in dates:
         units |= dict.fromkeys(((day, bucket) for bucket in staged_units(store, day)), True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.curate.staging import LOOKBACK, Cursor, new_raw_keys, stage
 from data_acq.messages import encode_record
@@ -92,3 +94,18 @@ def test_on_s3_nothing_new_is_one_listing_request(moto_s3: MotoS3) -> None:
     calls.clear()
     assert new_raw_keys(store) == []
     assert calls == ["list"]
+
+
+def test_a_backlog_is_staged_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from data_acq import pipeline
+
+    store = LocalStore(tmp_path / "store")
+    keys = _history(store, 10, timedelta(minutes=1))
+    monkeypatch.setattr(pipeline, "MAX_OBJECTS", 3)
+    assert len(new_raw_keys(store, limit=3)) == 3
+    result = pipeline.process(store)
+    assert result.staged is not None and result.staged.raw_objects == 10
+    assert result.staged.messages == 10 and new_raw_keys(store) == []
+    assert Cursor.load(store).watermark is not None and len(keys) == 10

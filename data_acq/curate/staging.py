@@ -17,21 +17,27 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from itertools import islice
 
 import polars as pl
 
 from data_acq import layout
 from data_acq.acquire.raw import key_time, read_raw
-from data_acq.curate.flatten import iter_flatten
+from data_acq.curate.flatten import iter_flatten, iter_flatten_parallel
 from data_acq.curate.parquet import to_parquet
+from data_acq.messages import Message
 from data_acq.sites import bucket_of
 from data_acq.storage import ObjectStore
 
 LOOKBACK = timedelta(minutes=15)
 DEFAULT_BUCKETS = 32
+# raw objects one staging takes on (a drain object holds up to 5,000 messages): a backlog is
+# staged in runs of bounded length, each moving the cursor, rather than in one endless run
+MAX_OBJECTS = 1_000
 
 Progress = Callable[[str], None]
 
@@ -74,14 +80,18 @@ class Cursor:
         store.put(layout.CURSOR, json.dumps(state, indent=1).encode())
 
 
-def new_raw_keys(store: ObjectStore, cursor: Cursor | None = None) -> list[str]:
-    """Raw objects not staged yet, oldest first, listing only from the look-back window on."""
+def new_raw_keys(
+    store: ObjectStore, cursor: Cursor | None = None, limit: int | None = None
+) -> list[str]:
+    """Raw objects not staged yet, oldest first (at most `limit`), listing only from the
+    look-back window on."""
     cursor = cursor or Cursor.load(store)
-    return [
+    new = (
         key
         for key in store.list_keys(layout.RAW, start_after=cursor.start_after())
         if key.endswith(".ndjson.gz") and key not in cursor.seen
-    ]
+    )
+    return list(islice(new, limit))
 
 
 @dataclass
@@ -98,10 +108,33 @@ class StageResult:
     def dates(self) -> set[date]:
         return {day for day, _ in self.units}
 
+    def merged(self, other: StageResult) -> StageResult:
+        """Both stagings' figures together (a backlog staged in several batches)."""
+        units = {u: set(h) for u, h in self.units.items()}
+        for unit, hours in other.units.items():
+            units.setdefault(unit, set()).update(hours)
+        rows = {t: self.rows.get(t, 0) + other.rows.get(t, 0) for t in {*self.rows, *other.rows}}
+        return StageResult(
+            self.batch,
+            self.raw_objects + other.raw_objects,
+            self.messages + other.messages,
+            self.accepted + other.accepted,
+            self.rejects + other.rejects,
+            rows,
+            units,
+        )
+
 
 def _buckets_of(sites: pl.Series, buckets: int) -> pl.Series:
     mapping = {site: bucket_of(site, buckets) for site in sites.unique()}
     return sites.replace_strict(mapping, return_dtype=pl.UInt16, default=0)
+
+
+OBJECTS_PER_WORKER_CHUNK = 8  # raw objects (up to 5,000 messages each) a worker flattens at once
+
+
+def _read_raw_opened(opener: Callable[[], ObjectStore], keys: list[str]) -> Iterator[Message]:
+    return read_raw(opener(), keys)
 
 
 def stage(
@@ -110,13 +143,25 @@ def stage(
     buckets: int = DEFAULT_BUCKETS,
     chunk_size: int = 50_000,
     progress: Progress | None = None,
+    workers: int = 1,
+    opener: Callable[[], ObjectStore] | None = None,
 ) -> StageResult:
     """Flatten `keys` into per-unit, per-hour staging files, mark the units pending, and move
-    the cursor past the keys."""
+    the cursor past the keys. With `workers` > 1, that many processes flatten at once (each
+    reading its raw objects through its own store from `opener`): worth it for a backlog,
+    not for a live tick, whose few objects take less than starting a process."""
     cursor = Cursor.load(store)
     result = StageResult(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
     result.raw_objects = len(keys)
-    chunks = iter_flatten(read_raw(store, keys), chunk_size, pipeline=True)
+    if workers > 1 and opener is not None:
+        groups = range(0, len(keys), OBJECTS_PER_WORKER_CHUNK)
+        sources = (
+            partial(_read_raw_opened, opener, keys[i : i + OBJECTS_PER_WORKER_CHUNK])
+            for i in groups
+        )
+        chunks = iter_flatten_parallel(sources, workers, pipeline=True)
+    else:
+        chunks = iter_flatten(read_raw(store, keys), chunk_size, pipeline=True)
     for number, tables in enumerate(chunks):
         result.messages += tables.messages
         result.accepted += tables.accepted

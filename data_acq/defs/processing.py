@@ -17,7 +17,7 @@ from dagster import (
 
 from data_acq import layout, pipeline
 from data_acq.curate.charts import write_charts
-from data_acq.curate.staging import new_raw_keys, stage
+from data_acq.curate.staging import MAX_OBJECTS, new_raw_keys, stage
 from data_acq.curate.units import UnitResult
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.defs.acquisition import raw_messages
@@ -52,7 +52,7 @@ PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the fo
 )
 def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     store = storage.store()
-    keys = new_raw_keys(store)
+    keys = new_raw_keys(store, limit=MAX_OBJECTS)  # a backlog takes several runs
     result = stage(store, keys, settings.buckets, progress=context.log.info) if keys else None
     touched = sorted(f"{b:02d}|{d.isoformat()}" for d, b in result.units) if result else []
     context.log.info(f"staged {len(keys)} raw objects; units touched: {len(touched)}")

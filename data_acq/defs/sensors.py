@@ -19,7 +19,7 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import RunRecord
 
-from data_acq.curate.staging import new_raw_keys
+from data_acq.curate.staging import MAX_OBJECTS, new_raw_keys
 from data_acq.curate.units import pending_units
 from data_acq.defs.acquisition import SUBSCRIPTION_TAG, drain_subscription
 from data_acq.defs.jobs import curate_job, drain_job, stage_job
@@ -152,7 +152,7 @@ def build_processing_sensors(running: bool = False, interval_s: int = 60) -> lis
             return SensorResult(
                 skip_reason=SkipReason(f"stage_raw run {active[0].run_id[:8]} active")
             )
-        keys = new_raw_keys(storage.store())
+        keys = new_raw_keys(storage.store(), limit=MAX_OBJECTS)
         if not keys:
             return SensorResult(skip_reason=SkipReason("no new raw objects"))
         return SensorResult(run_requests=[RunRequest(run_key=f"stage-through-{keys[-1]}")])
