@@ -1,6 +1,7 @@
 """The production deployment, as far as this machine can run it: the production instance on a
-real PostgreSQL, its run monitoring failing dead runs in a real daemon, and the image's entry
-commands in a virtual environment built like the image.
+real PostgreSQL, its run monitoring failing dead runs in a real daemon, its run queue (one run
+per partition key, room for drains) and the task sizes its run launcher asks for, and the
+image's entry commands in a virtual environment built like the image.
 
 No Docker engine runs here, so the image itself is not built; see README ("Deployment").
 """
@@ -33,11 +34,14 @@ from dagster import (
     Definitions,
     RunsFilter,
 )
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteRepositoryOrigin
+from dagster._core.utils import make_new_run_id
 
-from data_acq.defs.assets import staged_raw
-from data_acq.defs.jobs import stage_job
+from data_acq.defs.jobs import PROCESSING_TASK, stage_job
+from data_acq.defs.processing import staged_raw, warehouse
 from data_acq.defs.resources import LocalStorage
 from data_acq.devtools.local_broker import free_port
+from data_acq.settings import Settings
 from data_acq_tests.conftest import MotoS3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +122,7 @@ def test_production_instance_runs_on_postgres(
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
         assert type(instance.run_launcher).__name__ == "EcsRunLauncher"
         job = Definitions(
-            assets=[staged_raw],
+            assets=[staged_raw, warehouse],
             jobs=[stage_job],
             resources={"storage": LocalStorage(root=str(tmp_path / "store"))},
         ).resolve_job_def("stage_raw")
@@ -160,6 +164,148 @@ def test_production_instance_monitors_runs(
         assert instance.run_monitoring_start_timeout_seconds < 600
         # the ceiling leaves room for processing a backlog (a day of 1,000 sites: ~6 minutes)
         assert instance.run_monitoring_max_runtime_seconds >= 4 * 3600
+    finally:
+        instance.dispose()
+
+
+def _add_run(
+    instance: DagsterInstance, job_name: str, status: DagsterRunStatus, **tags: str
+) -> str:
+    """A run of a data_acq job with the tags Dagster gives it: the job's own, and for a
+    partition those of the job's partitions definition (`dagster/partition` ...)."""
+    from data_acq.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    partition = tags.pop("partition", None)
+    run_tags = {
+        **job.run_tags,
+        **(job.get_tags_for_partition_key(partition, None) if partition else {}),
+        **tags,
+    }
+    # where the production workspace (deploy/workspace.yaml) finds the job
+    origin = RemoteRepositoryOrigin(
+        GrpcServerCodeLocationOrigin("code.data-acq.local", 4000, location_name="data_acq"),
+        "__repository__",
+    ).get_job_origin(job.name)
+    run_id = make_new_run_id()
+    instance.add_run(
+        DagsterRun(
+            job_name=job.name,
+            run_id=run_id,
+            status=status,
+            tags=run_tags,
+            remote_job_origin=origin,
+        )
+    )
+    return run_id
+
+
+def _next_launched(instance: DagsterInstance) -> set[str]:
+    """The queued runs the queued-run daemon would launch now: its own selection (private to the
+    pinned Dagster, 1.13.27), with the instance's concurrency settings."""
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    with QueuedRunCoordinatorDaemon(interval_seconds=1) as daemon:
+        runs = daemon._get_runs_to_dequeue(
+            instance, instance.get_concurrency_config(), fixed_iteration_time=None
+        )
+    return {run.run_id for run in runs}
+
+
+def test_production_run_queue_runs_one_run_per_partition(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/dagster.yaml's run queue, as the pinned Dagster reads it on PostgreSQL: units fan out
+    as separate runs, never two at once for one partition key (unit or day) or subscription, no
+    concurrency pool is left from the warehouse refresh, and processing runs cannot take the
+    places drains need."""
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        concurrency = instance.get_concurrency_config()
+        queue = concurrency.run_queue_config
+        assert queue is not None
+        per_value = {"applyLimitPerUniqueValue": True}
+        assert queue.tag_concurrency_limits == [
+            {"key": "data_acq/subscription", "value": per_value, "limit": 1},
+            {"key": "dagster/partition", "value": per_value, "limit": 1},
+            {"key": "ecs/cpu", "value": PROCESSING_TASK["ecs/cpu"], "limit": 40},
+        ]
+        # a live day's units (one per bucket), stage_raw and the charts fit under the processing
+        # limit, with places left over for drains and the small jobs
+        assert queue.max_concurrent_runs == 48
+        assert Settings.from_env({}).buckets + 2 <= 40 < queue.max_concurrent_runs
+        # no pool: the warehouse is views now, and no job names a pool
+        assert "pools" not in instance.get_settings("concurrency")
+        assert concurrency.pool_config.default_pool_limit is None
+        assert concurrency.pool_config.pool_granularity is None
+
+        started, queued = DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED
+        _add_run(instance, "curate_unit", started, partition="07|2024-10-12")
+        _add_run(instance, "drain", started, **{"data_acq/subscription": "main"})
+        same_unit = _add_run(instance, "curate_unit", queued, partition="07|2024-10-12")
+        other_unit = _add_run(instance, "curate_unit", queued, partition="08|2024-10-12")
+        other_unit_again = _add_run(instance, "curate_unit", queued, partition="08|2024-10-12")
+        next_day = _add_run(instance, "curate_unit", queued, partition="07|2024-10-13")
+        charts = _add_run(instance, "draw_charts", queued, partition="2024-10-12")
+        stage = _add_run(instance, "stage_raw", queued)
+        same_drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main"})
+        other_drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main-2"})
+        launched = _next_launched(instance)
+        assert launched == {other_unit, next_day, charts, stage, other_drain}
+        assert not launched & {same_unit, other_unit_again, same_drain}
+
+        # a backlog: 40 processing runs going, more units queued -- a drain still starts
+        for run in instance.get_runs():
+            instance.delete_run(run.run_id)
+        for n in range(40):
+            day, bucket = ("2024-10-12", n) if n < 32 else ("2024-10-13", n - 32)
+            _add_run(instance, "curate_unit", started, partition=f"{bucket:02d}|{day}")
+        waiting_unit = _add_run(instance, "curate_unit", queued, partition="09|2024-10-13")
+        waiting_stage = _add_run(instance, "stage_raw", queued)
+        drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main"})
+        purge = _add_run(instance, "purge_old_runs", queued)
+        assert _next_launched(instance) == {drain, purge}
+        assert waiting_unit and waiting_stage
+    finally:
+        instance.dispose()
+
+
+def test_production_launcher_sizes_each_job_within_fargate(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cpu and memory the production EcsRunLauncher asks ECS for, per job: the job's
+    ecs/cpu and ecs/memory tags, else run_resources -- each a size Fargate offers."""
+    from dagster_aws.ecs.container_context import EcsContainerContext
+
+    fargate_memory = {512: range(1024, 4097, 1024), 1024: range(2048, 8193, 1024)}
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        launcher = instance.run_launcher
+        sizes = {}
+        for job_name in (
+            "drain",
+            "stage_raw",
+            "curate_unit",
+            "draw_charts",
+            "purge_old_runs",
+            "broker_check",
+        ):
+            run = instance.get_run_by_id(_add_run(instance, job_name, DagsterRunStatus.QUEUED))
+            assert run is not None
+            context = EcsContainerContext.create_for_run(run, launcher)
+            overrides = launcher.get_cpu_and_memory_overrides(context, run)
+            sizes[job_name] = (int(overrides["cpu"]), int(overrides["memory"]))
+        assert sizes["drain"] == (512, 1024)
+        processing = (int(PROCESSING_TASK["ecs/cpu"]), int(PROCESSING_TASK["ecs/memory"]))
+        assert processing == (1024, 4096)
+        for job_name in ("stage_raw", "curate_unit", "draw_charts", "purge_old_runs"):
+            assert sizes[job_name] == processing, job_name  # tags, or run_resources
+        for job_name, (cpu, memory) in sizes.items():
+            assert memory in fargate_memory[cpu], (job_name, cpu, memory)
     finally:
         instance.dispose()
 

@@ -1,6 +1,8 @@
 """The AWS deployment template, deploy/cfn.yaml: cfn-lint finds nothing, the resources the
 deployment needs are declared, the bucket is locked down, no secret is written into it, the web
-UI is internal or behind HTTPS and a login, and the containers get the broker CA's pin.
+UI is internal or behind HTTPS and a login, the containers get the broker CA's pin and the
+processing settings, the Glue tables project the folders and columns the pipeline writes, and
+the run tasks may write (and delete) exactly what processing writes (and deletes).
 
 Nothing is deployed; the template is read as CloudFormation reads it (short-form intrinsics
 such as !Ref and !Sub included) by cfn-lint's own loader. For the access modes it is rendered
@@ -11,17 +13,33 @@ Fn::EachMemberEquals) -- a model of what CloudFormation does with them, not Clou
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 # cfn-lint, a dev dependency: its loader reads the short-form intrinsics (!Ref, !Sub ...)
 import cfnlint.decode as cfnlint_decode
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from data_acq import layout
+from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.warehouse import SCHEMAS
+from data_acq.defs.jobs import PROCESSING_TASK, SMALL_TASK
+from data_acq.devtools.simulate import SimulationSpec, simulate
+from data_acq.messages import encode_record
+from data_acq.pipeline import process
+from data_acq.settings import Settings, SettingsError
+from data_acq.sites import bucket_of
+from data_acq.storage import LocalStore
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cfn.yaml"
 
@@ -522,3 +540,346 @@ def test_failed_drain_alarm_counts_runs_failed_by_monitoring(template: dict[str,
     assert all(metric_id in expression["Expression"] for metric_id in stats)
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["Threshold"] == 1
+
+
+# --- processing settings, the Glue tables over the curated data, the run tasks' access ---------
+
+PROCESSING_ENV = {
+    "DATA_ACQ_BUCKETS": "Buckets",
+    "DATA_ACQ_START_DATE": "StartDate",
+    "DATA_ACQ_REFRESH_INTERVAL": "RefreshIntervalSeconds",
+}
+CURATED_TABLES = (*layout.HOURLY_TABLES, *layout.DAILY_TABLES)
+# Fargate's task sizes (Linux): cpu units -> the memory sizes (MiB) allowed with them
+FARGATE_MEMORY = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4096 + 1, 1024)),
+    1024: set(range(2048, 8192 + 1, 1024)),
+    2048: set(range(4096, 16384 + 1, 1024)),
+    4096: set(range(8192, 30720 + 1, 1024)),
+}
+
+
+def _environments(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each task definition's (family's) container environment, name -> value."""
+    return {
+        definition["Properties"]["Family"]: {
+            e["Name"]: e["Value"]
+            for e in definition["Properties"]["ContainerDefinitions"][0]["Environment"]
+        }
+        for definition in _of_type(rendered, "AWS::ECS::TaskDefinition").values()
+    }
+
+
+def test_processing_settings_reach_every_dagster_container(template: dict[str, Any]) -> None:
+    """Buckets, StartDate and RefreshIntervalSeconds become DATA_ACQ_BUCKETS, _START_DATE and
+    _REFRESH_INTERVAL in the webserver, daemon, code server and run task, with the defaults and
+    bounds that data_acq.settings has: the code server and the runs must agree on the buckets."""
+    parameters = template["Parameters"]
+    defaults = Settings.from_env({})
+    assert int(parameters["Buckets"]["Default"]) == defaults.buckets == 32
+    assert parameters["StartDate"]["Default"] == defaults.start_date.isoformat()
+    assert int(parameters["RefreshIntervalSeconds"]["Default"]) == defaults.refresh_interval_s
+    for name, variable in (
+        ("Buckets", "DATA_ACQ_BUCKETS"),
+        ("RefreshIntervalSeconds", "DATA_ACQ_REFRESH_INTERVAL"),
+    ):
+        low, high = parameters[name]["MinValue"], parameters[name]["MaxValue"]
+        for accepted in (low, high):  # what CloudFormation lets through, the settings take
+            Settings.from_env({variable: str(accepted)})
+        for refused in (low - 1, high + 1):  # and they refuse what it refuses
+            with pytest.raises(SettingsError):
+                Settings.from_env({variable: str(refused)})
+    # a full rebuild is needed when the buckets change: the description says so
+    assert "rebuilt" in parameters["Buckets"]["Description"]
+    pattern = parameters["StartDate"]["AllowedPattern"]
+    for accepted in ("2024-10-01", "2025-12-31", "2030-02-28"):
+        assert re.fullmatch(pattern, accepted), accepted
+        Settings.from_env({"DATA_ACQ_START_DATE": accepted})
+    for refused in ("2024-13-01", "2024-10-1", "24-10-01", "2024/10/01", "", "2024-10-01 "):
+        assert not re.fullmatch(pattern, refused), refused
+
+    environments = _environments(_render(template))
+    assert set(environments) == {
+        "data-acq-webserver",
+        "data-acq-daemon",
+        "data-acq-code-server",
+        "data-acq-run",
+    }
+    for family, env in environments.items():
+        for variable, parameter in PROCESSING_ENV.items():
+            assert env[variable] == {"Ref": parameter}, (family, variable)
+
+
+def test_run_tasks_are_sized_per_job_within_fargate_sizes(template: dict[str, Any]) -> None:
+    """The run task definition's size is the processing size; the jobs' ecs/cpu and ecs/memory
+    tags (EcsRunLauncher's per-run overrides) are valid Fargate sizes, and overriding needs no
+    permission beyond running the run task definition."""
+    run = _resources(template)["RunTaskDefinition"]["Properties"]
+    assert (run["Cpu"], run["Memory"]) == (
+        PROCESSING_TASK["ecs/cpu"],
+        PROCESSING_TASK["ecs/memory"],
+    )
+    for size in (SMALL_TASK, PROCESSING_TASK, {"ecs/cpu": run["Cpu"], "ecs/memory": run["Memory"]}):
+        assert int(size["ecs/memory"]) in FARGATE_MEMORY[int(size["ecs/cpu"])], size
+    assert "Cpu" not in run["ContainerDefinitions"][0]  # the task's size is the container's
+    assert "Memory" not in run["ContainerDefinitions"][0]
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[tuple[str, str]]]:
+    """A small simulated fleet processed by data_acq.pipeline into a local store that records
+    every write and delete: (store, [(operation, key)])."""
+    operations: list[tuple[str, str]] = []
+
+    class RecordingStore(LocalStore):
+        def put_new(self, key: str, data: bytes) -> None:
+            operations.append(("put", key))
+            super().put_new(key, data)
+
+        def put(self, key: str, data: bytes) -> None:
+            operations.append(("put", key))
+            super().put(key, data)
+
+        def put_file(self, key: str, path: Path) -> None:
+            operations.append(("put", key))
+            super().put_file(key, path)
+
+        def delete(self, keys: list[str]) -> None:
+            operations.extend(("delete", key) for key in keys)
+            super().delete(keys)
+
+    store = RecordingStore(tmp_path_factory.mktemp("processed") / "data")
+    spec = SimulationSpec(
+        sites=4,
+        start=datetime(2024, 10, 12, 21, tzinfo=UTC),
+        minutes=5 * 60,
+        seed=12,
+        outage_minutes=90,
+        malformed_rate=0.05,  # rejects too
+    )
+    received = datetime(2024, 10, 13, 2, tzinfo=UTC)
+    lines = (encode_record(topic, body, received, 1) for topic, body in simulate(spec))
+    store.put_new(raw_key(received, "test"), encode_object(lines))
+    process(store)
+    # on S3 the warehouse is uploaded with put_file; a local store replaces the file in place
+    operations.append(("put", layout.WAREHOUSE_FILE))
+    return store, operations
+
+
+def _hive_type(arrow_type: pa.DataType) -> str:
+    """The Athena (Hive DDL) type that reads a Parquet column of this Arrow type."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    if pa.types.is_float64(arrow_type):
+        return "double"
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_int64(arrow_type) or pa.types.is_uint32(arrow_type):
+        return "bigint"  # an unsigned 32-bit count does not fit Hive's (signed) int
+    if pa.types.is_int32(arrow_type):
+        return "int"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"array<{_hive_type(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        fields = ",".join(f"{f.name}:{_hive_type(f.type)}" for f in arrow_type)
+        return f"struct<{fields}>"
+    raise AssertionError(f"no Hive type chosen for {arrow_type}")
+
+
+def _glue_tables(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        table["Properties"]["TableInput"]["Name"]: table["Properties"]["TableInput"]
+        for table in _of_type(rendered, "AWS::Glue::Table").values()
+    }
+
+
+def test_glue_tables_project_every_curated_table(template: dict[str, Any]) -> None:
+    """CreateGlue=true: one Glue table per curated table, each projecting `date` from StartDate
+    to tomorrow and `bucket` zero-padded over every bucket, onto the folders data_acq.layout
+    writes; false: no Glue or Athena resource at all."""
+    off = _render(template)["Resources"]
+    assert not [n for n, r in off.items() if r["Type"].startswith(("AWS::Glue::", "AWS::Athena"))]
+
+    rendered = _render(template, CreateGlue="true")
+    (database,) = _of_type(rendered, "AWS::Glue::Database").values()
+    assert database["Properties"]["DatabaseInput"]["Name"] == "data_acq"
+    tables = _glue_tables(rendered)
+    assert sorted(tables) == sorted(CURATED_TABLES)
+    for name, table in tables.items():
+        assert table["TableType"] == "EXTERNAL_TABLE"
+        assert table["PartitionKeys"] == [
+            {"Name": "date", "Type": "string"},
+            {"Name": "bucket", "Type": "int"},
+        ]
+        properties = table["Parameters"]
+        assert properties["projection.enabled"] == "true"
+        assert {k: v for k, v in properties.items() if k.startswith("projection.date.")} == {
+            "projection.date.type": "date",
+            "projection.date.format": "yyyy-MM-dd",
+            "projection.date.range": {"Fn::Sub": "${StartDate},NOW+1DAYS"},
+            "projection.date.interval": "1",
+            "projection.date.interval.unit": "DAYS",
+        }
+        assert {k: v for k, v in properties.items() if k.startswith("projection.bucket.")} == {
+            "projection.bucket.type": "integer",
+            "projection.bucket.range": {"Fn::Sub": "0,${Buckets}"},
+            "projection.bucket.digits": "2",
+        }
+        location = f"s3://${{DataBucket}}/data/{layout.curated_prefix(name)}"
+        assert table["StorageDescriptor"]["Location"] == {"Fn::Sub": location}
+        template_url = properties["storage.location.template"]["Fn::Sub"]
+        assert template_url == f"{location}date=${{!date}}/bucket=${{!bucket}}/"
+        storage = table["StorageDescriptor"]
+        assert storage["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
+        assert storage["InputFormat"].endswith("MapredParquetInputFormat")
+
+        # the folders Athena computes are those the pipeline writes, for every bucket
+        buckets = 32
+        low, high = (
+            int(v)
+            for v in properties["projection.bucket.range"]["Fn::Sub"]
+            .replace("${Buckets}", str(buckets))
+            .split(",")
+        )
+        digits = int(properties["projection.bucket.digits"])
+        projected = {
+            template_url.replace("${!date}", "2024-10-12").replace("${!bucket}", f"{b:0{digits}d}")
+            for b in range(low, high + 1)
+        }
+        day = datetime(2024, 10, 12).date()
+        hour = None if name in layout.DAILY_TABLES else 7
+        for bucket in range(buckets):
+            key = layout.curated_key(name, day, bucket, hour)
+            folder = f"s3://${{DataBucket}}/data/{key.rsplit('/', 1)[0]}/"
+            assert folder in projected, (name, bucket)
+        # the one folder past the last bucket (CloudFormation cannot subtract) is never written
+        assert {bucket_of(f"site-{n}", buckets) for n in range(2000)} == set(range(buckets))
+        assert high == buckets and low == 0
+
+
+def test_glue_columns_are_the_parquet_files_columns(
+    template: dict[str, Any], processed: tuple[LocalStore, list[tuple[str, str]]]
+) -> None:
+    """Each Glue table's columns are, in name, order and Athena type, those of the Parquet files
+    the pipeline writes for that table (and of the warehouse's empty-table schemas)."""
+    store, _ = processed
+    tables = _glue_tables(_render(template, CreateGlue="true"))
+    for name in CURATED_TABLES:
+        files = sorted((store.root / layout.curated_prefix(name)).rglob("*.parquet"))
+        assert files, f"the simulation wrote no {name} file"
+        schema = pq.read_schema(files[0])
+        from_files = [{"Name": f.name, "Type": _hive_type(f.type)} for f in schema]
+        assert tables[name]["StorageDescriptor"]["Columns"] == from_files, name
+        empty = pl.DataFrame(schema=SCHEMAS[name]).to_arrow().schema
+        assert [{"Name": f.name, "Type": _hive_type(f.type)} for f in empty] == from_files, name
+
+
+def _statements(policy: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _object_patterns(statements: list[dict[str, Any]], action: str) -> list[str]:
+    """Object key patterns (`data/*`) in the data bucket that the statements allow `action` on."""
+    patterns = []
+    for statement in statements:
+        if statement["Effect"] == "Allow" and action in _as_list(statement["Action"]):
+            for resource in _as_list(statement["Resource"]):
+                text = resource.get("Fn::Sub", "") if isinstance(resource, Mapping) else resource
+                if text.startswith("${DataBucket.Arn}/"):
+                    patterns.append(text.removeprefix("${DataBucket.Arn}/"))
+    return patterns
+
+
+def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
+    template: dict[str, Any], processed: tuple[LocalStore, list[tuple[str, str]]]
+) -> None:
+    """Every key the pipeline wrote or deleted (a recorded run over simulated data) is allowed to
+    the task role under DATA_ACQ_STORAGE=s3://<bucket>/data, and the only deletes allowed in
+    data/ are the pending markers: raw, staging and curated objects are never deleted."""
+    _, operations = processed
+    resources = _resources(template)
+    role = resources["TaskRole"]["Properties"]
+    assert {"Ref": "DataAccessPolicy"} in role["ManagedPolicyArns"]
+    statements = [
+        s for arn in role["ManagedPolicyArns"] for s in _statements(resources[arn["Ref"]])
+    ]
+    puts = _object_patterns(statements, "s3:PutObject")
+    gets = _object_patterns(statements, "s3:GetObject")
+    deletes = _object_patterns(statements, "s3:DeleteObject")
+    assert [p for p in deletes if p.startswith("data/")] == ["data/state/pending/*"]
+
+    written = {key for operation, key in operations if operation == "put"}
+    deleted = {key for operation, key in operations if operation == "delete"}
+    assert deleted and all(key.startswith(layout.PENDING) for key in deleted)
+    prefixes = {key.split("/", 1)[0] for key in written}
+    assert {"raw", "staging", "state", "curated", layout.WAREHOUSE_FILE} <= prefixes
+    for key in written:
+        assert any(fnmatch.fnmatchcase(f"data/{key}", p) for p in puts), key
+        assert any(fnmatch.fnmatchcase(f"data/{key}", p) for p in gets), key
+    for key in deleted:
+        assert any(fnmatch.fnmatchcase(f"data/{key}", p) for p in deletes), key
+    never_deleted = [layout.RAW, layout.STAGING, layout.CURATED, layout.CURSOR]
+    for prefix in never_deleted:
+        assert not any(fnmatch.fnmatchcase(f"data/{prefix}x", p) for p in deletes), prefix
+
+    # listing under data/, and HeadBucket (the storage check before a drain), which S3
+    # authorises as s3:ListBucket without a prefix
+    lists = [s for s in statements if s["Action"] == "s3:ListBucket"]
+    conditions = [
+        s.get("Condition") for s in lists if s["Resource"] == {"Fn::GetAtt": ["DataBucket", "Arn"]}
+    ]
+    assert {"StringLike": {"s3:prefix": ["data/*"]}} in conditions
+    assert {"Null": {"s3:prefix": "true"}} in conditions
+
+
+def test_athena_workgroup_and_analyst_policy(template: dict[str, Any]) -> None:
+    """The optional workgroup keeps its results in the bucket (expired by lifecycle), and the
+    analysts' policy reads the curated data only."""
+    resources = _render(template, CreateGlue="true")["Resources"]
+    (workgroup,) = _of_type({"Resources": resources}, "AWS::Athena::WorkGroup").values()
+    config = workgroup["Properties"]["WorkGroupConfiguration"]
+    assert config["EnforceWorkGroupConfiguration"] is True
+    assert config["ResultConfiguration"]["OutputLocation"] == {
+        "Fn::Sub": "s3://${DataBucket}/athena-results/"
+    }
+    rules = resources["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == "athena-results/" and r.get("ExpirationInDays") for r in rules)
+
+    statements = _statements(resources["AnalystAccessPolicy"])
+    assert _object_patterns(statements, "s3:GetObject") == [
+        "data/curated/*",
+        "athena-results/*",
+    ]
+    assert _object_patterns(statements, "s3:PutObject") == ["athena-results/*"]
+    assert not _object_patterns(statements, "s3:DeleteObject")
+
+
+def test_rewritten_objects_keep_old_versions_briefly(template: dict[str, Any]) -> None:
+    """curated/ and state/ objects are rewritten at every refresh of their unit: their noncurrent
+    versions expire sooner than the bucket-wide 30 days; raw's are never rewritten."""
+    rules = _resources(template)["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    noncurrent = {
+        r.get("Prefix", ""): r["NoncurrentVersionExpiration"]["NoncurrentDays"]
+        for r in rules
+        if "NoncurrentVersionExpiration" in r
+    }
+    assert noncurrent[""] == 30
+    assert noncurrent[f"data/{layout.CURATED}"] <= 3
+    assert noncurrent[f"data/{layout.STATE}"] <= 3
+
+
+def test_the_deploy_command_uploads_a_template_this_large() -> None:
+    """CloudFormation takes a template body of at most 51,200 bytes; a larger one must come from
+    S3, which `aws cloudformation deploy` does with --s3-bucket."""
+    size = len(TEMPLATE.read_bytes())
+    if size > 51_200:
+        deploy_doc = (TEMPLATE.parents[1] / "docs" / "deploy.md").read_text()
+        command = deploy_doc.split("aws cloudformation deploy", 1)[1].split("\n\n", 1)[0]
+        assert "--s3-bucket" in command, f"the template is {size:,} bytes"
