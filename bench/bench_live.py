@@ -1,0 +1,190 @@
+"""Benchmark: what one live refresh costs as the day fills up and the fleet grows.
+
+For each fleet size, one simulated day is written to raw storage minute by minute, as drains
+write it (one object a minute here, received five seconds after the minute). At the checkpoints
+(the day filled to 1, 6, 12 and 23 hours) everything so far is processed untimed, then the next
+10 minutes arrive and are processed timed -- `data_acq.pipeline.process`: discovery, staging,
+refreshing every unit the tick touched, the warehouse check -- in a child process that reports its
+time, its own peak RSS (VmHWM) and the storage requests it made (each list call counted once,
+as one S3 LIST page).
+
+The anchor is the same tick early in the day: a tick late in the day should cost about the same
+(target: the 23-hour tick at most 1.2x the 1-hour tick), and a 1,000-site tick under 60 s here.
+
+    .venv/bin/python bench/bench_live.py                      # 300 and 1,000 sites
+    .venv/bin/python bench/bench_live.py --sites 50 --keep    # smaller; keep bench/out/live
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent / "out" / "live"
+DAY = datetime(2024, 10, 12, tzinfo=UTC)
+CHECKPOINTS_H = (1, 6, 12, 23)
+TICK_MINUTES = 10
+TARGET_RATIO = 1.2
+TARGET_1000_S = 60.0
+
+
+def vm_hwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(root: Path) -> dict[str, Any]:
+    """Process whatever is new in `root`, counting storage requests."""
+    from data_acq.pipeline import process
+    from data_acq.storage import LocalStore
+
+    requests: Counter[str] = Counter()
+
+    class CountingStore(LocalStore):
+        def get(self, key: str) -> bytes:
+            requests["GET"] += 1
+            return super().get(key)
+
+        def put(self, key: str, data: bytes) -> None:
+            requests["PUT"] += 1
+            super().put(key, data)
+
+        def put_file(self, key: str, path: Path) -> None:
+            requests["PUT"] += 1
+            super().put_file(key, path)
+
+        def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
+            requests["LIST"] += 1
+            return super().list_keys(prefix, start_after)
+
+        def delete(self, keys: list[str]) -> None:
+            requests["DELETE"] += 1 if keys else 0
+            super().delete(keys)
+
+    started = time.perf_counter()
+    result = process(CountingStore(root))
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss": vm_hwm_bytes(),
+        "requests": dict(requests),
+        "messages": result.staged.messages if result.staged else 0,
+        "units": len(result.units),
+        "readings_written": sum(u.rows.get("readings", 0) for u in result.units),
+    }
+
+
+def run_child(root: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(root)], capture_output=True, check=True
+    )
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def fleet(sites: int, keep: bool) -> list[dict[str, Any]]:
+    from data_acq.acquire.raw import encode_object, raw_key
+    from data_acq.devtools.simulate import SimulationSpec, simulate
+    from data_acq.messages import encode_record
+    from data_acq.storage import LocalStore
+
+    root = OUT_DIR / f"{sites}-sites"
+    shutil.rmtree(root, ignore_errors=True)
+    store = LocalStore(root)
+    spec = SimulationSpec(sites=sites, start=DAY, minutes=24 * 60, outage_sites=0)
+    messages = simulate(spec)
+    pending: tuple[str, bytes] | None = None
+
+    def write_until(end: datetime) -> None:
+        """Raw objects, one a minute, for the payloads stamped before `end`."""
+        nonlocal pending
+        lines: list[bytes] = []
+        minute: int | None = None
+        while True:
+            message = pending or next(messages, None)
+            pending = None
+            if message is None:
+                break
+            t = json.loads(message[1])["t"]
+            if t >= end.timestamp():
+                pending = message
+                break
+            if minute is not None and t // 60 != minute and lines:
+                _put(minute, lines)
+                lines = []
+            minute = t // 60
+            received = datetime.fromtimestamp(t - t % 60 + 65, UTC)
+            lines.append(encode_record(message[0], message[1], received, 1))
+        if lines and minute is not None:
+            _put(minute, lines)
+
+    def _put(minute: int, lines: list[bytes]) -> None:
+        received = datetime.fromtimestamp(minute * 60 + 65, UTC)
+        store.put_new(raw_key(received, "bench"), encode_object(lines))
+
+    rows = []
+    for hours in CHECKPOINTS_H:
+        filled = DAY + timedelta(hours=hours)
+        write_until(filled)
+        run_child(root)  # the day so far, untimed
+        write_until(filled + timedelta(minutes=TICK_MINUTES))
+        tick = run_child(root)
+        tick |= {"sites": sites, "filled_h": hours}
+        rows.append(tick)
+        print(_row(tick), flush=True)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def _row(r: dict[str, Any]) -> str:
+    requests = r["requests"]
+    return (
+        f"{r['sites']:>6} {r['filled_h']:>7} {r['seconds']:>8.2f} {r['peak_rss'] / 2**20:>8.0f} "
+        f"{r['messages']:>9} {r['units']:>6} {requests.get('GET', 0):>6} "
+        f"{requests.get('PUT', 0):>6} {requests.get('LIST', 0):>6} {requests.get('DELETE', 0):>6}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, nargs="*", default=[300, 1_000])
+    parser.add_argument("--keep", action="store_true", help="keep the generated storage")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return
+    print(
+        f"one {TICK_MINUTES}-minute tick after the day filled to N hours "
+        f"(python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')})"
+    )
+    print("  sites filled_h  tick_s  peak_MiB  messages  units    GET    PUT   LIST DELETE")
+    for sites in args.sites:
+        rows = fleet(sites, args.keep)
+        first, last = rows[0]["seconds"], rows[-1]["seconds"]
+        ratio = last / first
+        verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+        print(
+            f"  {sites} sites: 23-hour tick / 1-hour tick = {ratio:.2f} "
+            f"({verdict} the {TARGET_RATIO}x target)"
+        )
+        if sites == 1_000:
+            worst = max(r["seconds"] for r in rows)
+            verdict = "meets" if worst < TARGET_1000_S else "misses"
+            print(
+                f"  1,000 sites: slowest tick {worst:.1f} s ({verdict} the {TARGET_1000_S:.0f} s target)"
+            )
+
+
+if __name__ == "__main__":
+    main()
