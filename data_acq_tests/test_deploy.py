@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -36,6 +38,9 @@ from dagster import (
 )
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.utils import make_new_run_id
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from data_acq.defs.jobs import PROCESSING_TASK, stage_job
 from data_acq.defs.processing import staged_raw, warehouse
@@ -333,6 +338,7 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
     postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -497,38 +503,177 @@ def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
     assert any(hung in line and "exceeded maximum runtime" in line for line in counted), lines
 
 
-def test_dockerfile_runs_unprivileged_from_the_lock_without_secrets() -> None:
+def _dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions in order: (INSTRUCTION, its arguments on one line)."""
+    steps: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # Docker drops comment lines, inside a continued instruction too
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        instruction, _, args = (pending + stripped).partition(" ")
+        steps.append((instruction.upper(), " ".join(args.split())))
+        pending = ""
+    return steps
+
+
+def _dev_uv_version() -> str:
+    """The uv release that ./dev installs and runs."""
+    match = re.search(r"^UV_VERSION=(\S+)", (ROOT / "dev").read_text(), re.MULTILINE)
+    assert match, "./dev names no UV_VERSION"
+    return match.group(1)
+
+
+def _copies(steps: list[tuple[str, str]]) -> list[tuple[int, list[str], str]]:
+    """The COPY steps from the build context: (position, sources, destination)."""
+    copies = []
+    for at, (instruction, args) in enumerate(steps):
+        if instruction == "COPY" and not args.startswith("--"):
+            *sources, destination = shlex.split(args)
+            copies.append((at, sources, destination))
+    return copies
+
+
+def test_dockerfile_installs_the_lock_before_the_code_unprivileged_without_secrets() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.startswith("# ") and "FROM python:3.12-slim" in dockerfile
-    assert "pip install -c requirements.lock ." in dockerfile
-    assert "\nUSER data-acq\n" in dockerfile and "useradd --system --uid 10001" in dockerfile
+    steps = _dockerfile()
+    assert dockerfile.startswith("# ")
+    # the image runs on the Python the tests run on
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert steps[0] == ("FROM", f"python:{python}-slim"), f"the tests run on Python {python}"
+    # uv: the release ./dev uses; nothing installs with pip
+    uv_image = [args for instruction, args in steps if args.startswith("--from=")]
+    assert uv_image == [f"--from=ghcr.io/astral-sh/uv:{_dev_uv_version()} /uv /usr/local/bin/uv"]
+    assert "pip install" not in dockerfile
+    # two installs, both exactly from uv.lock and without the dev group: the dependencies alone,
+    # then data-acq itself (not editable)
+    syncs = [
+        (at, shlex.split(args))
+        for at, (instruction, args) in enumerate(steps)
+        if instruction == "RUN" and args.startswith("uv ")
+    ]
+    assert [command[:3] for _, command in syncs] == [["uv", "sync", "--frozen"]] * 2, syncs
+    (dependencies_at, dependencies), (project_at, project) = syncs
+    assert {"--no-dev", "--no-install-project"} <= set(dependencies)
+    assert {"--no-dev", "--no-editable"} <= set(project) and "--no-install-project" not in project
+    # the dependencies' layer is built from pyproject.toml and uv.lock alone, and the code is
+    # copied only after it: a code change reuses that layer
+    copies = _copies(steps)
+    before = sorted(
+        source for at, sources, _ in copies if at < dependencies_at for source in sources
+    )
+    assert before == ["pyproject.toml", "uv.lock"]
+    (code_at,) = [at for at, sources, _ in copies if "data_acq" in sources]
+    assert dependencies_at < code_at < project_at
+    # the installed commands come first on PATH (entrypoint.sh runs dagster, dagster-webserver...)
+    workdir = next(args for instruction, args in steps if instruction == "WORKDIR")
+    env = dict(
+        pair.split("=", 1)
+        for instruction, args in steps
+        if instruction == "ENV"
+        for pair in shlex.split(args)
+    )
+    assert env["PATH"].startswith(f"{workdir}/.venv/bin:")
+    # unprivileged
+    assert any(i == "RUN" and "useradd --system --uid 10001 " in a for i, a in steps)
+    assert steps.index(("USER", "data-acq")) > project_at
     for text in (dockerfile, (DEPLOY / "dagster.yaml").read_text()):
         lowered = text.lower()
         assert "password:" not in lowered or "password: {env: dagster_pg_password}" in lowered
         assert "aws_secret_access_key" not in lowered and "mqtt_password" not in lowered
 
 
+def _requirement(name: str, specifier: str, extras: object, marker: object) -> tuple[str, ...]:
+    return (
+        canonicalize_name(name),
+        ",".join(sorted(str(spec) for spec in SpecifierSet(specifier))),
+        ",".join(sorted(extras or ())),  # type: ignore[call-overload]
+        str(marker or ""),
+    )
+
+
+def test_uv_lock_is_the_resolution_of_pyproject() -> None:
+    """`uv sync --frozen` (./dev and the image) takes uv.lock as it is, without comparing it with
+    pyproject.toml: a dependency changed in pyproject.toml and not re-locked (`./dev lock`) would
+    be silently left out."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert lock["requires-python"] == project["project"]["requires-python"]
+    (own,) = [p for p in lock["package"] if p["name"] == project["project"]["name"]]
+
+    def wanted(requirements: list[str]) -> list[tuple[str, ...]]:
+        parsed = [Requirement(r) for r in requirements]
+        return sorted(_requirement(r.name, str(r.specifier), r.extras, r.marker) for r in parsed)
+
+    def locked(entries: list[dict[str, object]]) -> list[tuple[str, ...]]:
+        return sorted(
+            _requirement(
+                str(e["name"]), str(e.get("specifier", "")), e.get("extras"), e.get("marker")
+            )
+            for e in entries
+        )
+
+    metadata = own["metadata"]
+    assert locked(metadata["requires-dist"]) == wanted(project["project"]["dependencies"])
+    groups = project["dependency-groups"]
+    assert set(metadata["requires-dev"]) == set(groups)
+    for group, requirements in groups.items():
+        assert locked(metadata["requires-dev"][group]) == wanted(requirements)
+
+
+def _uv() -> str:
+    """The uv that ./dev runs: it says which (DATA_ACQ_UV), else where ./dev puts it."""
+    if uv := os.environ.get("DATA_ACQ_UV"):
+        return uv
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    uv = cache / "data-acq" / f"uv-{_dev_uv_version()}" / "bin" / "uv"
+    if not uv.exists():
+        pytest.fail(f"uv {_dev_uv_version()} is not in {uv.parent}: run ./dev setup")
+    return str(uv)
+
+
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment built the way the Dockerfile builds the image."""
-    venv = tmp_path_factory.mktemp("image") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-c",
-            "requirements.lock",
-            ".",
-        ],
-        cwd=ROOT,
-        check=True,
-        timeout=900,
-    )
-    return venv
+    """The image's virtual environment, built the way the Dockerfile builds it: its COPY steps
+    (from this checkout) and its `uv` RUN steps, in order, in a folder standing for its WORKDIR,
+    with its ENV. Two differences: the interpreter is this one (the same Python version, as the
+    test above checks), and uv's cache is used (./dev setup has just filled it; CI starts with it
+    empty too)."""
+    root = tmp_path_factory.mktemp("image")
+    workdir = root
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") and k != "VIRTUAL_ENV"}
+    path = ""
+    for instruction, args in _dockerfile():
+        if instruction == "WORKDIR":
+            workdir = root / args.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                if key.startswith("UV_"):
+                    env[key] = value
+                elif key == "PATH":
+                    path = value
+        elif instruction == "COPY" and not args.startswith("--"):
+            *sources, destination = shlex.split(args)
+            for source in sources:
+                if (ROOT / source).is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")  # .dockerignore
+                    shutil.copytree(ROOT / source, workdir / destination, ignore=ignore)
+                else:
+                    shutil.copy2(ROOT / source, workdir / destination)
+        elif instruction == "RUN" and args.startswith("uv "):
+            env.pop("UV_NO_CACHE", None)
+            env["UV_PYTHON"] = sys.executable
+            command = [_uv(), *shlex.split(args)[1:]]
+            subprocess.run(command, cwd=workdir, env=env, check=True, timeout=900)
+    # the image's PATH finds the commands in this environment
+    venv_bin = root / path.split(":")[0].lstrip("/")
+    assert (venv_bin / "dagster").exists() and (venv_bin / "data-acq").exists()
+    return venv_bin.parent
 
 
 def _role(venv: Path, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -536,10 +681,25 @@ def _role(venv: Path, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]
     return subprocess.Popen(
         [str(DEPLOY / "entrypoint.sh"), role],
         env={**os.environ, **env, "PATH": path},
-        cwd=str(venv.parent),  # not the checkout: the installed package must be enough
+        cwd=str(venv.parents[1]),  # not the image's WORKDIR: the installed package must be enough
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def test_image_venv_holds_data_acq_itself_and_no_dev_tools(image_venv: Path) -> None:
+    python = str(image_venv / "bin" / "python")
+    where = subprocess.run(
+        [python, "-c", "import data_acq; print(data_acq.__file__)"],
+        cwd=image_venv.parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(image_venv)  # installed, not editable
+    for tool in ("pytest", "hypothesis", "moto", "cfnlint"):
+        missing = subprocess.run([python, "-c", f"import {tool}"], capture_output=True, check=False)
+        assert missing.returncode == 1, tool
 
 
 def _until(check: object, timeout: float = 90) -> bool:
@@ -551,6 +711,7 @@ def _until(check: object, timeout: float = 90) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_entry_commands_in_a_venv_built_like_the_image(image_venv: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
