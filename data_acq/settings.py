@@ -79,6 +79,7 @@ class Settings:
     buckets: int = 32  # sites are spread over this many buckets: the units of processing
     start_date: date = date(2024, 10, 1)  # the first day of the date partitions
     refresh_interval_s: int = 60  # how often the processing sensors look for new data
+    raw_freshness_minutes: int = 30  # raw_messages turns red when no data arrived for this long
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -144,6 +145,12 @@ class Settings:
             start_date=start,
             refresh_interval_s=_whole(
                 get("DATA_ACQ_REFRESH_INTERVAL") or "60", "DATA_ACQ_REFRESH_INTERVAL", 5, 86_400
+            ),
+            raw_freshness_minutes=_whole(
+                get("DATA_ACQ_RAW_FRESHNESS_MINUTES") or "30",
+                "DATA_ACQ_RAW_FRESHNESS_MINUTES",
+                2,
+                100_000,
             ),
             **({"cache_dir": Path(cache)} if cache else {}),
         )

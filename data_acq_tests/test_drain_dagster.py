@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s
-from data_acq.devtools.local_broker import LocalMosquitto
+from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import Settings, Subscription
 from data_acq.storage import LocalStore
 from data_acq_tests.drain_helpers import missing, publish_in_background, unique_messages
@@ -235,3 +237,98 @@ def test_run_retention_deletes_only_old_finished_runs(instance: DagsterInstance)
     assert purge.output_for_node("delete_old_runs") == 2  # the finished run and the first purge
     assert instance.get_run_by_id(finished.run_id) is None
     assert instance.get_run_by_id(running.run_id) is not None
+
+
+def _run_drain_in_thread(
+    job: object, instance: DagsterInstance, config: dict
+) -> tuple[threading.Thread, list]:
+    result: list = []
+
+    def run() -> None:
+        result.append(
+            job.execute_in_process(  # type: ignore[attr-defined]
+                run_config={"ops": {"raw_messages": {"config": config}}},
+                instance=instance,
+                raise_on_error=False,
+            )
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _wait_for_log(instance: DagsterInstance, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = (
+            instance.get_records_for_run(instance.get_runs(limit=1)[0].run_id).records
+            if instance.get_runs(limit=1)
+            else []
+        )
+        if any(text in (r.event_log_entry.user_message or "") for r in records):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no event log entry with {text!r}")
+
+
+@pytest.mark.parametrize("outcome", ["fail", "warn"])
+def test_a_broker_lost_mid_window_shows_in_the_run(
+    tmp_path: Path, instance: DagsterInstance, outcome: str
+) -> None:
+    """The broker goes away for most of the window: the loss is in the run's event log and
+    metadata, and the window fails (or, configured so, warns) instead of a quiet success."""
+    broker = LocalMosquitto(tmp_path / "mq").start()
+    job = _drain_defs(tmp_path, broker.port).resolve_job_def("drain")
+    config = {"max_seconds": 6.0, "when_mostly_disconnected": outcome}
+    try:
+        thread, result = _run_drain_in_thread(job, instance, config)
+        _wait_for_log(instance, "draining a/+/u/data")  # connected and draining
+        time.sleep(0.5)
+    finally:
+        broker.stop()  # by its own pid
+    thread.join(60)
+    [run] = result
+    messages = [entry.user_message for entry in instance.all_logs(run.run_id)]
+    assert any("connection to 127.0.0.1" in m and "lost" in m for m in messages)
+    if outcome == "fail":
+        assert not run.success
+        failure = run.get_step_failure_events()[0].step_failure_data.error
+        # the cause first: Dagster's Failure with our line, not a wrapper around a traceback
+        assert failure.cls_name == "Failure" and failure.cause is None
+        assert failure.message.split(": ", 1)[1].startswith("the broker at 127.0.0.1:")
+    else:
+        assert run.success
+        assert any("was unreachable for" in m for m in messages)
+        [observation] = run.asset_observations_for_node("raw_messages")  # nothing stored
+        assert observation.metadata["connection_losses"].value == 1
+        assert observation.metadata["disconnected_s"].value >= 3
+
+
+def test_a_drain_that_cannot_connect_fails_with_the_cause_first(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    job = _drain_defs(tmp_path, free_port()).resolve_job_def("drain")
+    run = job.execute_in_process(
+        run_config={"ops": {"raw_messages": {"config": {"max_seconds": 2.0}}}},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not run.success
+    error = run.get_step_failure_events()[0].step_failure_data.error
+    assert error.cls_name == "Failure" and error.cause is None
+    assert error.message.split(": ", 1)[1].startswith("connection refused by 127.0.0.1:")
+
+
+def test_only_windows_that_stored_data_materialize_raw_messages(
+    tmp_path: Path, instance: DagsterInstance, mosquitto: LocalMosquitto
+) -> None:
+    """So that the freshness policy (red after DATA_ACQ_RAW_FRESHNESS_MINUTES without data)
+    measures data arriving, not drains running."""
+    policy = raw_messages.specs_by_key[raw_messages.key].freshness_policy
+    assert policy is not None and policy.fail_window.to_timedelta() == timedelta(minutes=30)
+    job = _drain_defs(tmp_path, mosquitto.port).resolve_job_def("drain")
+    config = {"ops": {"raw_messages": {"config": {"idle_exit_s": 0.3, "max_seconds": 5.0}}}}
+    empty = job.execute_in_process(run_config=config, instance=instance)
+    assert empty.success and not empty.asset_materializations_for_node("raw_messages")
+    assert empty.asset_observations_for_node("raw_messages")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pytest
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -27,6 +28,7 @@ from dagster import (
 from dagster._core.utils import make_new_run_id
 
 from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.flatten import READINGS_SCHEMA
 from data_acq.curate.staging import new_raw_keys, stage
 from data_acq.curate.units import pending_units
 from data_acq.defs.acquisition import raw_messages
@@ -119,13 +121,24 @@ def test_stage_sense_and_refresh_exactly_the_touched_units(tmp_path: Path) -> No
                 "completeness_daily",
             )
         }
+        # Dagster's own metadata: the unit's row count, its columns, a preview
+        [readings] = [
+            e.materialization  # type: ignore[union-attr]
+            for e in run.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "readings"  # type: ignore[union-attr]
+        ]
+        metadata = readings.metadata
+        assert metadata["dagster/row_count"].value > 0
+        columns = [c.name for c in metadata["dagster/column_schema"].value.columns]
+        assert columns == [*READINGS_SCHEMA.names(), "date"]
+        assert len(metadata["preview"].value.records) == 5
         evaluations = run.get_asset_check_evaluations()
         assert {e.partition for e in evaluations} == {key}  # the checks belong to the unit
         checks = {e.check_name: e.passed for e in evaluations}
         assert checks["duplicates_removed"] is True
         assert checks["clock_skew"] is True  # the backlog is late, not early
         # the simulated data ends at 01:00 on the 13th: the day's sites went silent after that
-        assert checks["freshness"] is False
+        assert checks["sites_reporting"] is False
         # the unit is no longer pending; the others still are
         again = curation_sensor.evaluate_tick(context)
         assert sorted(str(r.partition_key) for r in again.run_requests or []) == sorted(
@@ -173,6 +186,7 @@ def test_a_queued_or_running_unit_is_not_requested_again_and_failures_back_off(
         assert tick.run_requests == [] and "failed recently; next try in" in str(tick.skip_message)
 
 
+@pytest.mark.slow
 def test_units_run_in_parallel_and_equal_a_sequential_build(tmp_path: Path) -> None:
     parallel = LocalStore(tmp_path / "parallel")
     spec = SimulationSpec(sites=3, start=datetime(2024, 10, 12, 21, tzinfo=UTC), minutes=5 * 60)
@@ -278,7 +292,7 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
             "duplicates_removed": True,
             "completeness": False,  # 40 of 1440 minutes
             "clock_skew": False,  # an hour ahead of arrival
-            "freshness": False,  # silent from 13:00 to the end of the day
+            "sites_reporting": False,  # silent from 13:00 to the end of the day
         }
         # a stray file beside a unit's own holds readings the unit already has
         folder = store.root / CURATED / "readings" / "date=2024-10-12"
@@ -288,7 +302,7 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
         assert checks("bad", bad_day)["duplicates_removed"] is False
 
 
-CHECKS = ("rejected_share", "duplicates_removed", "completeness", "clock_skew", "freshness")
+CHECKS = ("rejected_share", "duplicates_removed", "completeness", "clock_skew", "sites_reporting")
 
 
 def _put_lines(store: LocalStore, messages: list[tuple[str, bytes]], received: datetime) -> None:

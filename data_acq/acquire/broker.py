@@ -140,11 +140,11 @@ def subscribe_on_connect(
     client: mqtt.Client,
     topics: tuple[str, ...],
     qos: int = 1,
-    on_change: Callable[[bool], None] | None = None,
+    on_change: Callable[[bool, str], None] | None = None,
 ) -> None:
     """(Re)subscribe every time the connection comes up, and log connection changes.
 
-    `on_change(up)` is told of each connect (before subscribing) and each disconnect.
+    `on_change(up, reason)` is told of each connect (before subscribing) and each disconnect.
     """
 
     def on_connect(
@@ -154,7 +154,7 @@ def subscribe_on_connect(
             log.error("broker refused the reconnection: %s", reason)
             return
         if on_change:
-            on_change(True)
+            on_change(True, "connected")
         c.subscribe([(topic, qos) for topic in topics])
         present = getattr(flags, "session_present", None)
         log.info("connected (session present: %s); subscribed to %s", present, ", ".join(topics))
@@ -163,7 +163,7 @@ def subscribe_on_connect(
         _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         if on_change:
-            on_change(False)
+            on_change(False, str(reason))
         if reason.is_failure:
             log.warning("connection lost (%s); reconnecting with backoff", reason)
 

@@ -55,6 +55,8 @@ class DrainLimits:
     session_expiry_s: int = 7 * 86_400  # how long the broker keeps the session while away
     write_attempts: int = 5
     write_backoff_s: float = 0.5
+    # a window that spent more than this share of its time without a connection did not drain
+    max_disconnected_share: float = 0.5
 
 
 @dataclass(slots=True)
@@ -81,6 +83,15 @@ class DrainStats:
     last_received: datetime | None = None
     max_lag_s: float | None = None  # largest receive time minus payload `t`
     keys: list[str] = field(default_factory=list)
+    window_s: float = 0.0  # how long the window lasted
+    connection_losses: int = 0
+    reconnects: int = 0
+    disconnected_s: float = 0.0  # time in the window without a connection to the broker
+    connection_events: list[str] = field(default_factory=list)  # "HH:MM:SS connection ... lost"
+
+    @property
+    def disconnected_share(self) -> float:
+        return self.disconnected_s / self.window_s if self.window_s else 0.0
 
     def to_metadata(self) -> dict[str, object]:
         return {
@@ -97,6 +108,10 @@ class DrainStats:
             "first_received": self.first_received.isoformat() if self.first_received else "none",
             "last_received": self.last_received.isoformat() if self.last_received else "none",
             "max_lag_s": round(self.max_lag_s, 1) if self.max_lag_s is not None else "none",
+            "window_s": round(self.window_s, 1),
+            "connection_losses": self.connection_losses,
+            "reconnects": self.reconnects,
+            "disconnected_s": round(self.disconnected_s, 1),
         }
 
 
@@ -141,6 +156,7 @@ class Drain:
         limits: DrainLimits = DrainLimits(),
         stop: threading.Event | None = None,
         on_flush: Callable[[DrainStats], None] | None = None,
+        on_connection: Callable[[str], None] | None = None,
     ) -> None:
         self.broker = broker
         self.ca_file = ca_file
@@ -148,6 +164,7 @@ class Drain:
         self.limits = limits
         self.stop = stop or threading.Event()
         self.on_flush = on_flush
+        self.on_connection = on_connection  # told of each loss and reconnect, as it happens
         self.stats = DrainStats()
         self.subscribed = threading.Event()  # set once the broker confirmed the subscriptions
         self._cond = threading.Condition()
@@ -162,6 +179,8 @@ class Drain:
         self._closing = False
         self._refused: str | None = None  # subscriptions the broker refused
         self._failure: BaseException | None = None  # raised in a callback on paho's thread
+        self._down_since: float | None = None  # when the connection was lost, if it is
+        self._ever_connected = False
 
     # --- paho's network thread ----------------------------------------------------------------
 
@@ -180,10 +199,31 @@ class Drain:
 
         return run
 
-    def _connection_changed(self, up: bool) -> None:
+    def _connection_changed(self, up: bool, reason: str) -> None:
+        now = time.monotonic()
+        event = None
         with self._cond:
             self._connection += 1  # acknowledgements of earlier deliveries are void now
             self._connected = up
+            stats = self.stats
+            if not up and not self._closing:
+                stats.connection_losses += 1
+                self._down_since = now
+                event = f"connection to {self.broker.address} lost ({reason}); reconnecting"
+            elif up:
+                if self._down_since is not None:
+                    stats.disconnected_s += now - self._down_since
+                    self._down_since = None
+                if self._ever_connected:
+                    stats.reconnects += 1
+                    event = f"reconnected to {self.broker.address}"
+                self._ever_connected = True
+            if event:
+                stats.connection_events.append(f"{datetime.now(UTC):%H:%M:%S} {event}")
+        if event:
+            log.warning(event)
+            if self.on_connection:
+                self.on_connection(event)
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, reasons: list, _p: object
@@ -347,41 +387,50 @@ class Drain:
         started = time.monotonic()
         self._last_arrival = started
         try:
-            while True:
-                now = time.monotonic()
-                with self._cond:
-                    due = self._due(now)
-                    idle_for = now - self._last_arrival
-                    refused = self._refused
-                    failure = self._failure
-                if failure is not None:
-                    self._flush(client)  # what was received before is fine: store and ack it
-                    raise DrainError(
-                        f"an MQTT callback failed ({type(failure).__name__}: {failure}); "
-                        "what was not stored is redelivered to the next run"
-                    ) from failure
-                if refused:
-                    raise BrokerError(
-                        f"broker refused the QoS 1 subscription to {refused}; "
-                        "without it delivery is not at least once"
-                    )
-                if due:
-                    self._flush(client)
-                    continue
-                if (
-                    self.stop.is_set()
-                    or now - started >= limits.max_seconds
-                    or (limits.idle_exit_s is not None and idle_for >= limits.idle_exit_s)
-                ):
-                    break
-                with self._cond:
-                    self._cond.wait(timeout=limits.min_quiet_s if self._batch else 0.05)
-            with self._cond:
-                self._closing = True
-            self._flush(client)
+            return self._drain(client, started)
         finally:
+            now = time.monotonic()
             with self._cond:
                 self._closing = True
+                if self._down_since is not None:
+                    self.stats.disconnected_s += now - self._down_since
+                    self._down_since = None
+            self.stats.window_s = now - started
             client.disconnect()
             client.loop_stop()
+
+    def _drain(self, client: mqtt.Client, started: float) -> DrainStats:
+        limits = self.limits
+        while True:
+            now = time.monotonic()
+            with self._cond:
+                due = self._due(now)
+                idle_for = now - self._last_arrival
+                refused = self._refused
+                failure = self._failure
+            if failure is not None:
+                self._flush(client)  # what was received before is fine: store and ack it
+                raise DrainError(
+                    f"an MQTT callback failed ({type(failure).__name__}: {failure}); "
+                    "what was not stored is redelivered to the next run"
+                ) from failure
+            if refused:
+                raise BrokerError(
+                    f"broker refused the QoS 1 subscription to {refused}; "
+                    "without it delivery is not at least once"
+                )
+            if due:
+                self._flush(client)
+                continue
+            if (
+                self.stop.is_set()
+                or now - started >= limits.max_seconds
+                or (limits.idle_exit_s is not None and idle_for >= limits.idle_exit_s)
+            ):
+                break
+            with self._cond:
+                self._cond.wait(timeout=limits.min_quiet_s if self._batch else 0.05)
+        with self._cond:
+            self._closing = True
+        self._flush(client)
         return self.stats

@@ -1,12 +1,17 @@
 """Acquisition: the raw_messages asset, one drain window per materialization."""
 
 import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Literal
 
 from dagster import (
     AssetExecutionContext,
+    AssetObservation,
     Config,
     DagsterRunStatus,
     Failure,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     RunsFilter,
@@ -16,8 +21,12 @@ from dagster._core.instance import DagsterInstance
 from pydantic import Field
 
 from data_acq import layout
-from data_acq.acquire.drain import Drain, DrainLimits, DrainStats
+from data_acq.acquire.broker import BrokerError
+from data_acq.acquire.ca_cert import CACertError
+from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainStats, DrainWriteError
+from data_acq.defs.partitions import OWNERS, settings
 from data_acq.defs.resources import MQTTBroker, Storage
+from data_acq.storage import StorageError
 
 PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()
@@ -38,22 +47,42 @@ class DrainConfig(Config):
     idle_exit_s: float | None = Field(
         default=None, description="End early after this long without messages"
     )
-    batch_messages: int = _DEFAULTS.batch_messages
-    max_batch_age_s: float = _DEFAULTS.max_batch_age_s
+    batch_messages: int = Field(
+        default=_DEFAULTS.batch_messages, description="A batch is stored once this many arrived"
+    )
+    max_batch_age_s: float = Field(
+        default=_DEFAULTS.max_batch_age_s, description="...or once its first message is this old"
+    )
+    max_disconnected_share: float = Field(
+        default=_DEFAULTS.max_disconnected_share,
+        description="A window that spent more than this share of its time without a connection "
+        "to the broker did not drain",
+    )
+    when_mostly_disconnected: Literal["fail", "warn"] = Field(
+        default="fail", description="...and then fails the run, or only warns"
+    )
 
 
 @asset(
     group_name="acquisition",
-    kinds={"mqtt"},
+    kinds={"mqtt", "ndjson"},
+    owners=OWNERS,
+    output_required=False,
+    freshness_policy=FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=settings.raw_freshness_minutes),
+        warn_window=timedelta(minutes=settings.raw_freshness_minutes / 2),
+    ),
     description=(
         "Raw MQTT messages, exactly as received, with topic and receive time: gzip NDJSON objects "
-        "under <storage>/raw/date=YYYY-MM-DD/hour=HH/, written once and never changed. Each "
-        "materialization is one drain window; the drain sensor keeps one running per subscription."
+        "under <storage>/raw/date=YYYY-MM-DD/hour=HH/, written once and never changed. Each drain "
+        "window that stored messages is a materialization (one that stored none is an "
+        "observation), so the freshness policy turns red when no data arrived for "
+        "DATA_ACQ_RAW_FRESHNESS_MINUTES; the drain sensor keeps one drain per subscription."
     ),
 )
 def raw_messages(
     context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult | AssetObservation]:
     broker = mqtt.subscription_settings(config.subscription)
     _refuse_a_second_drain(context.instance, context.run.run_id, config.subscription)
     store = storage.store()
@@ -62,6 +91,7 @@ def raw_messages(
         idle_exit_s=config.idle_exit_s,
         batch_messages=config.batch_messages,
         max_batch_age_s=config.max_batch_age_s,
+        max_disconnected_share=config.max_disconnected_share,
     )
     context.log.info(
         f"draining {', '.join(broker.topics)} from {broker.address} as {broker.client_id} into "
@@ -77,16 +107,44 @@ def raw_messages(
                 f"{stats.acknowledged} acknowledged, from {len(stats.sites)} sites"
             )
 
-    stats = Drain(broker, mqtt.ca_file(), store, limits, on_flush=progress).run()
-    context.log.info(f"window ended: {stats.stored} messages stored in {stats.objects} objects")
+    try:
+        drain = Drain(
+            broker,
+            mqtt.ca_file(),
+            store,
+            limits,
+            on_flush=progress,
+            on_connection=context.log.warning,
+        )
+        stats = drain.run()
+    except (BrokerError, CACertError, DrainError, DrainWriteError, StorageError) as exc:
+        raise Failure(description=str(exc)) from None  # the cause first, not a stack trace
+    context.log.info(
+        f"window ended: {stats.stored} messages stored in {stats.objects} objects; "
+        f"{stats.connection_losses} connection losses, {stats.disconnected_s:.0f} s disconnected"
+    )
     metadata: dict[str, object] = {
         **stats.to_metadata(),
+        "connection_history": MetadataValue.json(stats.connection_events),
         "subscription": config.subscription,
         "raw_root": MetadataValue.path(store.url(layout.RAW)),
     }
     if stats.keys:
         metadata["last_object"] = MetadataValue.path(store.url(stats.keys[-1]))
-    return MaterializeResult(metadata=metadata)
+    if stats.disconnected_share > limits.max_disconnected_share:
+        summary = (
+            f"the broker at {broker.address} was unreachable for {stats.disconnected_s:.0f} of "
+            f"{stats.window_s:.0f} s of the window ({stats.connection_losses} connection losses); "
+            f"{stats.stored} messages stored"
+        )
+        if config.when_mostly_disconnected == "fail":
+            # what was stored is stored; the broker keeps the rest for the next window
+            raise Failure(description=summary, metadata=metadata)
+        context.log.warning(summary)
+    if stats.stored:
+        yield MaterializeResult(metadata=metadata)
+    else:
+        yield AssetObservation(asset_key=context.asset_key, metadata=metadata)
 
 
 def drain_subscription(run_config: dict, tags: dict[str, str]) -> str:

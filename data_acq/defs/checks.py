@@ -51,7 +51,7 @@ with warnings.catch_warnings():
             f"{FUTURE_TOLERANCE.seconds // 60} minutes",
         ),
         AssetCheckSpec(
-            "freshness",
+            "sites_reporting",
             asset="readings",
             partitions_def=units,
             description="No site fell silent for more than an hour before the day ended (or now)",
@@ -105,7 +105,7 @@ def unit_checks(result: UnitResult, now: datetime | None = None) -> Iterator[Ass
     )
     silent = result.silent_sites(now or datetime.now(UTC))
     yield AssetCheckResult(
-        check_name="freshness",
+        check_name="sites_reporting",
         asset_key="readings",
         passed=not silent,
         severity=AssetCheckSeverity.WARN,

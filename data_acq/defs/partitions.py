@@ -5,6 +5,7 @@ from dagster import DailyPartitionsDefinition, MultiPartitionsDefinition, Static
 from data_acq.settings import Settings
 
 settings = Settings.from_env()
+OWNERS = ["team:data-acq"]  # who answers for these assets, on every asset's page
 
 days = DailyPartitionsDefinition(
     start_date=settings.start_date.isoformat(), end_offset=1, timezone="UTC"

@@ -16,14 +16,15 @@ from dagster import (
 )
 
 from data_acq import layout, pipeline
-from data_acq.curate.charts import write_charts
 from data_acq.curate.staging import MAX_OBJECTS, new_raw_keys, stage
 from data_acq.curate.units import UnitResult
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.checks import CHECK_SPECS, unit_checks
-from data_acq.defs.partitions import days, settings, units
+from data_acq.defs.metadata import curated_schema, preview
+from data_acq.defs.partitions import OWNERS, days, settings, units
 from data_acq.defs.resources import PipelineQueue, Storage
+from data_acq.progress import logged
 from data_acq.storage import ObjectStore
 
 CURATED_ASSETS = {
@@ -45,7 +46,8 @@ PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the fo
 @asset(
     group_name="processing",
     deps=[raw_messages],
-    kinds={"polars"},
+    kinds={"polars", "parquet"},
+    owners=OWNERS,
     description="Raw objects not staged yet (found from a cursor, not by listing history), "
     "flattened and filed by unit and measurement hour under staging/. Each unit it touched is "
     "left pending; the curation sensor refreshes exactly those.",
@@ -53,11 +55,13 @@ PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the fo
 def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     store = storage.store()
     keys = new_raw_keys(store, limit=MAX_OBJECTS)  # a backlog takes several runs
-    result = stage(store, keys, settings.buckets, progress=context.log.info) if keys else None
+    progress = logged(context.log.info)
+    result = stage(store, keys, settings.buckets, progress=progress) if keys else None
     touched = sorted(f"{b:02d}|{d.isoformat()}" for d, b in result.units) if result else []
     context.log.info(f"staged {len(keys)} raw objects; units touched: {len(touched)}")
     return MaterializeResult(
         metadata={
+            "dagster/row_count": result.messages if result else 0,
             "raw_objects": len(keys),
             "messages": result.messages if result else 0,
             "accepted": result.accepted if result else 0,
@@ -70,7 +74,13 @@ def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeR
 @multi_asset(
     specs=[
         AssetSpec(
-            name, description=text, deps=[staged_raw], group_name="processing", kinds={"parquet"}
+            name,
+            description=text,
+            deps=[staged_raw],
+            group_name="processing",
+            kinds={"polars", "parquet"},
+            owners=OWNERS,
+            metadata={"dagster/column_schema": curated_schema(name)},
         )
         for name, text in CURATED_ASSETS.items()
     ],
@@ -88,7 +98,7 @@ def curated(
     bucket = int(key.keys_by_dimension["bucket"])
     store = storage.store()
     result = pipeline.refresh(
-        store, day, bucket, queue_url=pipeline_queue.queue_url, progress=context.log.info
+        store, day, bucket, queue_url=pipeline_queue.queue_url, progress=logged(context.log.info)
     )
     yield from _materializations(store, result)
     yield from unit_checks(result)
@@ -97,6 +107,8 @@ def curated(
 def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[MaterializeResult]:
     for name in CURATED_ASSETS:
         metadata: dict[str, object] = {
+            "dagster/row_count": result.table_rows.get(name, 0),  # the unit's whole day
+            "dagster/column_schema": curated_schema(name),
             "rows_written": result.rows.get(name, 0),
             "hours_rebuilt": ", ".join(f"{h:02d}" for h in result.hours) or "none",
             "location": MetadataValue.path(
@@ -111,6 +123,8 @@ def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[Materi
             }
         if name == "pipeline_payloads" and result.sent_to_queue is not None:
             metadata["sent_to_sqs"] = result.sent_to_queue
+        if name in result.previews:
+            metadata["preview"] = preview(result.previews[name])
         yield MaterializeResult(asset_key=name, metadata=metadata)
 
 
@@ -118,6 +132,7 @@ def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[Materi
     group_name="processing",
     deps=list(CURATED_ASSETS),
     kinds={"duckdb"},
+    owners=OWNERS,
     output_required=False,
     description="DuckDB file <storage>/warehouse.duckdb: a view per curated table over its "
     "Parquet files, so it never holds a copy and never needs a refresh. Written (and "
@@ -136,14 +151,17 @@ def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[Mate
     deps=["readings_15min", "energy_daily"],
     group_name="processing",
     kinds={"matplotlib"},
+    owners=OWNERS,
     description="A daily chart per site (power through the day, counters' gain since midnight), "
     "PNG under curated/charts/date=D/site=<site key>.png; drawn after the day ends (and on "
     "demand, e.g. after late data); the first ones are shown in the metadata.",
 )
 def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+    from data_acq.curate.charts import write_charts  # matplotlib: only the charts' runs need it
+
     store = storage.store()
     day = date.fromisoformat(context.partition_key)
-    charts = write_charts(store, day, progress=context.log.info)
+    charts = write_charts(store, day, progress=logged(context.log.info))
     previews = "\n\n".join(
         f"**{_markdown_text(site)}**\n\n"
         f"![chart](data:image/png;base64,{base64.b64encode(store.get(key)).decode()})"
@@ -151,6 +169,7 @@ def daily_charts(context: AssetExecutionContext, storage: Storage) -> Materializ
     )
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(charts),
             "charts": len(charts),
             "folder": MetadataValue.path(store.url(layout.curated_prefix("charts", day))),
             "preview": MetadataValue.md(previews or "no data for this date"),
