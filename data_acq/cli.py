@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
@@ -18,6 +20,7 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
 
 from data_acq import layout
 from data_acq.acquire.broker import BrokerError, publish_all, run_subscriber, stop_on_signals
@@ -36,6 +39,7 @@ from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
 from data_acq.messages import Message, read_lines
 from data_acq.pipeline import process
 from data_acq.pipeline_format import to_pipeline
+from data_acq.progress import Bars
 from data_acq.settings import Settings, SettingsError
 from data_acq.storage import StorageError, open_store
 
@@ -88,13 +92,15 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             out.write(topic.encode() + b"\t" + payload.replace(b"\n", b" ") + b"\n")
         return
     settings = Settings.from_env()
-    count = publish_all(
-        settings.broker.for_role("simulate"),
-        resolve_ca(settings),
-        messages,
-        rate=args.rate,
-        on_progress=lambda n: log.info("published %d messages", n),
-    )
+    about = spec.sites * spec.minutes  # one a minute a site; duplicates and outages aside
+    with Bars() as bars:
+        count = publish_all(
+            settings.broker.for_role("simulate"),
+            resolve_ca(settings),
+            messages,
+            rate=args.rate,
+            on_progress=lambda n: bars("published", n, max(n, about), "messages"),
+        )
     log.info("published %d messages to %s", count, settings.broker.address)
 
 
@@ -115,13 +121,29 @@ def _open_inputs(names: list[str], stack: ExitStack) -> Iterator[tuple[str, IO[b
 
 
 def _report(name: str, ref: int, rejection: Rejection | str, what: str = "rejected") -> None:
-    print(f"{name}:{ref}: {what}: {rejection}", file=sys.stderr)
+    tqdm.write(f"{name}:{ref}: {what}: {rejection}", file=sys.stderr)  # above any progress bar
+
+
+def _measured(name: str, stream: IO[bytes], bars: Bars) -> Iterator[bytes]:
+    """The stream's lines, with a bar of the bytes read (out of the file's size, if it has one)."""
+    try:
+        size: int | None = os.fstat(stream.fileno()).st_size or None
+    except (OSError, ValueError):
+        size = None
+    done = 0
+    for number, line in enumerate(stream):
+        done += len(line)
+        if number % 1000 == 0:
+            bars(f"reading {name}", done, size, "B")
+        yield line
+    bars(f"reading {name}", done, size or done, "B")
 
 
 def cmd_transform(args: argparse.Namespace) -> None:
     counts = {"messages": 0, "accepted": 0, "skipped": 0}
     with ExitStack() as stack:
-        inputs = _open_inputs(args.files, stack)
+        bars = stack.enter_context(Bars())
+        inputs = ((n, _measured(n, s, bars)) for n, s in _open_inputs(args.files, stack))
         if args.to == "pipeline":
             out = sys.stdout
             for name, stream in inputs:
@@ -164,7 +186,7 @@ def cmd_transform(args: argparse.Namespace) -> None:
 TRANSFORM_CHUNK = 20_000  # lines a worker flattens at once
 
 
-def _line_chunks(stream: IO[bytes]) -> Iterator[Callable[[], Iterator[Message]]]:
+def _line_chunks(stream: Iterator[bytes]) -> Iterator[Callable[[], Iterator[Message]]]:
     """The input as chunks of lines a worker process can read, numbered as in the file."""
     for number, chunk in enumerate(iter(lambda: list(islice(stream, TRANSFORM_CHUNK)), [])):
         yield partial(read_lines, chunk, 1 + number * TRANSFORM_CHUNK)
@@ -173,10 +195,10 @@ def _line_chunks(stream: IO[bytes]) -> Iterator[Callable[[], Iterator[Message]]]
 def _count_tables(tables: Tables, name: str, counts: dict[str, int]) -> None:
     counts["messages"] += tables.messages
     counts["accepted"] += tables.accepted
-    for ref, time, path, reason in tables.rejects.select(
+    for ref, when, path, reason in tables.rejects.select(
         "ref", "time", "path", "reason"
     ).iter_rows():
-        what = "rejected" if time is None else "skipped"
+        what = "rejected" if when is None else "skipped"
         if what == "skipped":
             counts["skipped"] += 1
         _report(name, ref, f"{path}: {reason}", what)
@@ -244,14 +266,36 @@ def cmd_drain(args: argparse.Namespace) -> None:
         limits.max_seconds,
         f", idle exit {limits.idle_exit_s:.0f} s" if limits.idle_exit_s is not None else "",
     )
-    with stop_on_signals() as stop:
-        stats = Drain(broker, resolve_ca(settings), store, limits, stop).run()
+    with stop_on_signals() as stop, Bars() as bars:
+        drain = Drain(broker, resolve_ca(settings), store, limits, stop)
+        ticking = threading.Thread(target=_tick, args=(drain, limits, bars, stop), daemon=True)
+        ticking.start()
+        try:
+            stats = drain.run()
+        finally:
+            drain.stop.set()
+            ticking.join()
     print(json.dumps(stats.to_metadata()), file=sys.stderr)
+    if stats.disconnected_share > limits.max_disconnected_share:
+        raise CommandError(
+            f"the broker at {broker.address} was unreachable for {stats.disconnected_s:.0f} of "
+            f"{stats.window_s:.0f} s ({stats.connection_losses} connection losses); "
+            f"{stats.stored} messages stored"
+        )
     if stats.unacknowledged:
         raise CommandError(
             f"{stats.unacknowledged} stored messages could not be acknowledged (the connection "
             "dropped before); the broker redelivers them to the next run"
         )
+
+
+def _tick(drain: Drain, limits: DrainLimits, bars: Bars, stop: threading.Event) -> None:
+    """The window's seconds as a bar, the messages stored so far beside it."""
+    started = time.monotonic()
+    while not drain.stop.wait(1.0):
+        elapsed = min(int(time.monotonic() - started), int(limits.max_seconds))
+        bars("drain window", elapsed, int(limits.max_seconds), "s")
+        bars("messages stored", drain.stats.stored, None, "messages")
 
 
 # --- process ----------------------------------------------------------------------------------
@@ -260,15 +304,16 @@ def cmd_drain(args: argparse.Namespace) -> None:
 def cmd_process(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     store = open_store(settings.storage)
-    result = process(
-        store,
-        args.date or (),
-        progress=log.info,
-        buckets=settings.buckets,
-        workers=args.workers,
-        opener=partial(open_store, settings.storage),
-        queue_url=settings.pipeline_queue_url,
-    )
+    with Bars() as bars:
+        result = process(
+            store,
+            args.date or (),
+            progress=bars,
+            buckets=settings.buckets,
+            workers=args.workers,
+            opener=partial(open_store, settings.storage),
+            queue_url=settings.pipeline_queue_url,
+        )
     staged = result.staged
     if staged:
         log.info(
@@ -309,50 +354,104 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from data_acq.devtools.ui import run_ui
+    from data_acq.devtools.ui import UiError, run_ui
 
-    code = run_ui(
-        Path(args.folder), sites=args.sites, hours=args.hours, speed=args.speed, port=args.port
-    )
-    if code:
-        raise CommandError(f"dagster dev exited with code {code}")
+    try:
+        run_ui(
+            Path(args.folder), sites=args.sites, hours=args.hours, speed=args.speed, port=args.port
+        )
+    except UiError as exc:
+        raise CommandError(str(exc)) from None
 
 
 # --- entry point ------------------------------------------------------------------------------
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    return parse
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 up to (not including) 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="data-acq",
         description="Acquire AMMP logger telemetry from MQTT. Broker settings come from the "
         "environment: MQTT_BROKER, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD, MQTT_TOPIC, "
-        "CA_CERT_URL or CA_CERT_FILE, MQTT_CLIENT_ID, MQTT_PROTOCOL, DATA_ACQ_STORAGE.",
+        "CA_CERT_URL or CA_CERT_FILE (and CA_CERT_SHA256), MQTT_CLIENT_ID, MQTT_PROTOCOL; "
+        "storage from DATA_ACQ_STORAGE (see the README).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sim = sub.add_parser("simulate", help="simulated site payloads, as lines or published")
-    sim.add_argument("--sites", type=int, default=5)
+    sim.add_argument("--sites", type=_positive(int), default=5, help="simulated sites")
     sim.add_argument("--start", default="2024-10-12", help="UTC start date or time (ISO 8601)")
-    sim.add_argument("--hours", type=float, default=24.0, help="hours of data per site")
-    sim.add_argument("--seed", type=int, default=42)
-    sim.add_argument("--duplicate-rate", type=float, default=0.003)
-    sim.add_argument("--outage-sites", type=int, default=1, help="sites whose backlog comes late")
-    sim.add_argument("--outage-minutes", type=int, default=180)
-    sim.add_argument("--malformed-rate", type=float, default=0.0)
+    sim.add_argument("--hours", type=_positive(float), default=24.0, help="hours of data per site")
+    sim.add_argument("--seed", type=int, default=42, help="seed: the same seed, the same data")
+    sim.add_argument(
+        "--duplicate-rate", type=_share, default=0.003, help="share of payloads delivered twice"
+    )
+    sim.add_argument(
+        "--outage-sites", type=int, default=1, help="sites offline for a while, backlog sent late"
+    )
+    sim.add_argument("--outage-minutes", type=int, default=180, help="length of each outage")
+    sim.add_argument(
+        "--malformed-rate", type=_share, default=0.0, help="share of extra malformed messages"
+    )
     sim.add_argument("--publish", action="store_true", help="publish to the broker with QoS 1")
-    sim.add_argument("--rate", type=float, help="messages per second when publishing")
+    sim.add_argument(
+        "--rate", type=_positive(float), help="messages per second when publishing (no limit)"
+    )
     sim.set_defaults(func=cmd_simulate)
 
     tr = sub.add_parser("transform", help="raw payload lines to the pipeline format or Parquet")
     tr.add_argument("files", nargs="*", help="input files (default: stdin); '-' is stdin")
-    tr.add_argument("--to", choices=("pipeline", "readings", "status"), default="pipeline")
+    tr.add_argument(
+        "--to",
+        choices=("pipeline", "readings", "status"),
+        default="pipeline",
+        help="pipeline-format NDJSON on stdout, or a Parquet table in --output",
+    )
     tr.add_argument("--output", help="Parquet file for --to readings / status")
     tr.add_argument(
         "--workers",
-        type=int,
+        type=_positive(int),
         default=os.cpu_count() or 1,
-        help="processes flattening at once for --to readings / status (default: the CPUs)",
+        help="processes flattening at once for --to readings / status (the machine's CPUs)",
     )
     tr.set_defaults(func=cmd_transform)
 
@@ -363,9 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser(
         "drain", help="one drain window: subscribed topics into raw storage, at least once"
     )
-    dr.add_argument("--max-seconds", type=float, default=600.0, help="length of the window")
-    dr.add_argument("--idle-exit", type=float, help="end after this many seconds without messages")
-    dr.add_argument("--subscription", help="name from DATA_ACQ_SUBSCRIPTIONS (default: the first)")
+    dr.add_argument(
+        "--max-seconds", type=_positive(float), default=600.0, help="length of the window"
+    )
+    dr.add_argument(
+        "--idle-exit",
+        type=_positive(float),
+        help="end after this many seconds without messages (never)",
+    )
+    dr.add_argument(
+        "--subscription", help="name from DATA_ACQ_SUBSCRIPTIONS (the first subscription)"
+    )
     dr.set_defaults(func=cmd_drain)
 
     pr = sub.add_parser("process", help="raw into curated tables and the DuckDB warehouse")
@@ -373,20 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--date",
         action="append",
         type=_iso_date,
-        help="also rebuild this measurement date (YYYY-MM-DD); repeatable",
+        help="also rebuild every unit of this measurement date (YYYY-MM-DD); repeatable",
     )
     pr.add_argument(
         "--workers",
-        type=int,
+        type=_positive(int),
         default=1,
-        help="refresh this many units (date x bucket of sites) at once, each in a process",
+        help="processes at once: staging a backlog, and units (date x bucket of sites)",
     )
     pr.set_defaults(func=cmd_process)
 
     de = sub.add_parser("demo", help="the main job on a private local broker")
-    de.add_argument("--sites", type=int, default=5)
-    de.add_argument("--hours", type=float, default=48.0)
-    de.add_argument("--seed", type=int, default=42)
+    de.add_argument("--sites", type=_positive(int), default=5, help="simulated sites")
+    de.add_argument("--hours", type=_positive(float), default=48.0, help="hours of data per site")
+    de.add_argument("--seed", type=int, default=42, help="seed: the same seed, the same data")
     de.add_argument("--output", default="data/demo", help="folder for the demo's outputs")
     de.set_defaults(func=cmd_demo)
 
@@ -394,10 +501,27 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--folder", default="data/ui", help="broker state, storage and Dagster instance"
     )
-    ui.add_argument("--sites", type=int, default=5)
-    ui.add_argument("--hours", type=float, default=24.0, help="hours of history to publish")
-    ui.add_argument("--speed", type=float, default=2.0, help="simulated minutes per second")
-    ui.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
+    ui.add_argument("--sites", type=_positive(int), default=5, help="simulated sites")
+    ui.add_argument(
+        "--hours",
+        type=float,
+        default=24.0,
+        help="hours of history the loggers publish first, fast; then they publish live, one "
+        "payload per site a minute in real time, until the UI stops",
+    )
+    ui.add_argument(
+        "--speed",
+        type=_positive(float),
+        default=2.0,
+        help="simulated minutes per second while publishing the history",
+    )
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=3000,
+        help="port of the Dagster UI on 127.0.0.1; when it is in use, ui stops with an error "
+        "(0 picks a free port)",
+    )
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -26,11 +26,11 @@ from data_acq.curate.staging import (
 )
 from data_acq.curate.units import Unit, UnitResult, pending_units, refresh_unit, staged_units
 from data_acq.curate.warehouse import refresh_warehouse
+from data_acq.progress import Progress
 from data_acq.storage import LocalStore, ObjectStore
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 Opener = Callable[[], ObjectStore]
 
 
@@ -105,9 +105,9 @@ def refresh_units(
 
 
 def _report(progress: Progress | None, result: UnitResult, number: int, total: int) -> None:
+    log.debug("refreshed %s: hours %s", result.partition, result.hours)
     if progress:
-        hours = ", ".join(f"{h:02d}" for h in result.hours) or "none"
-        progress(f"refreshed {result.partition} (hours {hours}; {number} of {total} units)")
+        progress("units refreshed", number, total, "units")
 
 
 def process(

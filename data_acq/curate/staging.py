@@ -30,6 +30,7 @@ from data_acq.acquire.raw import key_time, read_raw
 from data_acq.curate.flatten import iter_flatten, iter_flatten_parallel
 from data_acq.curate.parquet import to_parquet
 from data_acq.messages import Message
+from data_acq.progress import Progress
 from data_acq.sites import bucket_of
 from data_acq.storage import ObjectStore
 
@@ -38,8 +39,6 @@ DEFAULT_BUCKETS = 32
 # raw objects one staging takes on (a drain object holds up to 5,000 messages): a backlog is
 # staged in runs of bounded length, each moving the cursor, rather than in one endless run
 MAX_OBJECTS = 1_000
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -153,15 +152,25 @@ def stage(
     cursor = Cursor.load(store)
     result = StageResult(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
     result.raw_objects = len(keys)
+    opened = 0  # raw objects read so far, for progress
+
+    def counted(chunk: list[str]) -> Iterator[str]:
+        nonlocal opened
+        for key in chunk:
+            yield key
+            opened += 1
+
     if workers > 1 and opener is not None:
-        groups = range(0, len(keys), OBJECTS_PER_WORKER_CHUNK)
-        sources = (
-            partial(_read_raw_opened, opener, keys[i : i + OBJECTS_PER_WORKER_CHUNK])
-            for i in groups
-        )
+        groups = [
+            keys[i : i + OBJECTS_PER_WORKER_CHUNK]
+            for i in range(0, len(keys), OBJECTS_PER_WORKER_CHUNK)
+        ]
+        sources = (partial(_read_raw_opened, opener, group) for group in groups)
         chunks = iter_flatten_parallel(sources, workers, pipeline=True)
+        sizes = iter(len(group) for group in groups)
     else:
-        chunks = iter_flatten(read_raw(store, keys), chunk_size, pipeline=True)
+        chunks = iter_flatten(read_raw(store, counted(keys)), chunk_size, pipeline=True)
+        sizes = None
     for number, tables in enumerate(chunks):
         result.messages += tables.messages
         result.accepted += tables.accepted
@@ -191,8 +200,10 @@ def stage(
                 result.rows[name] = result.rows.get(name, 0) + part.height
                 if day:
                     result.units.setdefault((day, bucket), set()).add(hour)
+        if sizes is not None:
+            opened += next(sizes, 0)
         if progress:
-            progress(f"staged {result.messages} messages from {len(keys)} raw objects")
+            progress("raw objects staged", min(opened, len(keys)), len(keys), "objects")
     for (day, bucket), hours in sorted(result.units.items()):
         store.put(layout.pending_key(day, bucket, result.batch, hours), b"")
     cursor.advanced(keys).save(store)  # last: until now, the keys still look new

@@ -10,7 +10,7 @@ crash anywhere leaves them, and the unit is refreshed again, to the same result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -20,12 +20,14 @@ from data_acq import layout
 from data_acq.curate import aggregates
 from data_acq.curate.flatten import REJECT_KEY
 from data_acq.curate.parquet import read_parquet, read_parquets, to_parquet
+from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
 READING_KEY = ("site", "time", "vid", "device", "field")
 PAYLOAD_KEY = ("site", "time", "document")
 STAGED_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
+PREVIEW_ROWS = 5
 HOUR_STATS = pl.Schema(
     {
         "hour": pl.Int64,
@@ -36,10 +38,11 @@ HOUR_STATS = pl.Schema(
         "rejected_payloads": pl.Int64,  # rejected whole
         "ahead_of_receipt": pl.Int64,
         "max_lag_s": pl.Float64,
+        # rows each hourly table holds for the hour
+        **{f"rows_{table}": pl.Int64 for table in layout.HOURLY_TABLES},
     }
 )
 
-Progress = Callable[[str], None]
 Unit = tuple[date, int]
 
 
@@ -62,6 +65,8 @@ class UnitResult:
     completeness: dict[str | None, float] = field(default_factory=dict)  # site -> ratio
     last_payload: dict[str | None, datetime] = field(default_factory=dict)  # site -> latest
     sent_to_queue: int | None = None  # documents the feed sent after this refresh
+    table_rows: dict[str, int] = field(default_factory=dict)  # each table's rows, the whole day
+    previews: dict[str, pl.DataFrame] = field(default_factory=dict)  # a few rows just written
 
     @property
     def partition(self) -> str:
@@ -135,7 +140,11 @@ def refresh_unit(
     if full or not hours:
         hours |= _staged_hours(store, day, bucket)
     result = UnitResult(day, bucket, sorted(hours))
-    built = [_build_hour(store, day, bucket, hour, result) for hour in result.hours]
+    built = []
+    for number, hour in enumerate(result.hours, start=1):
+        built.append(_build_hour(store, day, bucket, hour, result))
+        if progress:
+            progress(f"{day} bucket {bucket:02d}: hours rebuilt", number, len(hours), "hours")
     stats = _merge_partials(
         store, "stats", day, bucket, result.hours, [s for s, _, _ in built], HOUR_STATS
     )
@@ -162,16 +171,7 @@ def refresh_unit(
     result.stray_files = _stray_files(store, day, bucket)
     _sum_stats(stats, result)
     store.delete(markers)  # only now is every batch that touched the unit done
-    if progress:
-        progress(
-            f"refreshed {day} bucket {bucket:02d}: hours {_hours_text(result.hours)}, "
-            f"{result.rows.get('readings', 0)} readings written"
-        )
     return result
-
-
-def _hours_text(hours: Iterable[int]) -> str:
-    return ", ".join(f"{h:02d}" for h in hours) or "none"
 
 
 def _staged(
@@ -196,11 +196,16 @@ def _put(
     hour: int | None,
     frame: pl.DataFrame,
     result: UnitResult,
+    stats: dict[str, object] | None = None,
 ) -> str:
-    """One file per unit and hour (or per unit, for daily tables)."""
+    """One file per unit and hour (or per unit, for daily tables); `stats` learns its rows."""
     key = layout.curated_key(table, day, bucket, hour)
-    store.put(key, to_parquet(frame.drop("date", strict=False)))
+    frame = frame.drop("date", strict=False)
+    store.put(key, to_parquet(frame))
     result.rows[table] = result.rows.get(table, 0) + frame.height
+    result.previews[table] = frame.head(PREVIEW_ROWS)
+    if stats is not None:
+        stats[f"rows_{table}"] = frame.height
     return key
 
 
@@ -220,29 +225,28 @@ def _build_hour(
             (pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
             (pl.col("received_at") - pl.col("time")).max().dt.total_seconds(fractional=True),
         ).row(0)
-        key = _put(store, "readings", day, bucket, hour, readings, result)
+        key = _put(store, "readings", day, bucket, hour, readings, result, stats)
         written = read_parquet(store, key)  # read back: what analysts will read
         stats["duplicates_left"] = 0 if written is None else _duplicates(written)
-        _put(
-            store, "readings_15min", day, bucket, hour, aggregates.readings_15min(readings), result
-        )
+        quarter_hours = aggregates.readings_15min(readings)
+        _put(store, "readings_15min", day, bucket, hour, quarter_hours, result, stats)
         energy = aggregates.energy_partials(readings)
     status = _staged(store, "device_status", day, bucket, hour)
     if status is not None:
         status = status.unique(maintain_order=True).sort(
             "site", "time", "vid", "device", nulls_last=True
         )
-        _put(store, "device_status", day, bucket, hour, status, result)
+        _put(store, "device_status", day, bucket, hour, status, result, stats)
     payloads = _staged(store, "pipeline_payloads", day, bucket, hour)
     if payloads is not None:
         payloads = first_received(payloads, PAYLOAD_KEY).sort("site", "time", nulls_last=True)
-        _put(store, "pipeline_payloads", day, bucket, hour, payloads, result)
+        _put(store, "pipeline_payloads", day, bucket, hour, payloads, result, stats)
         stats["accepted_payloads"] = payloads.height
         completeness = aggregates.completeness_partials(payloads)
     rejects = _staged(store, "rejects", day, bucket, hour)
     if rejects is not None:
         rejects = first_received(rejects, REJECT_KEY).sort("site", "time", nulls_last=True)
-        _put(store, "rejects", day, bucket, hour, rejects, result)
+        _put(store, "rejects", day, bucket, hour, rejects, result, stats)
         stats["rejected_payloads"] = rejects.filter(pl.col("time").is_null()).height
     hour_column = pl.lit(hour, pl.Int64).alias("hour")
     return (
@@ -371,3 +375,6 @@ def _sum_stats(stats: pl.DataFrame, result: UnitResult) -> None:
     result.rejected_payloads = totals["rejected_payloads"]
     result.ahead_of_receipt = totals["ahead_of_receipt"]
     result.max_lag_s = totals["max_lag_s"]
+    result.table_rows = {
+        table: int(stats[f"rows_{table}"].sum() or 0) for table in layout.HOURLY_TABLES
+    } | {table: result.rows.get(table, 0) for table in layout.DAILY_TABLES}

@@ -23,6 +23,7 @@ from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.layout import WAREHOUSE_FILE
 from data_acq.pipeline import process
+from data_acq.progress import Bars
 from data_acq.settings import BrokerSettings
 from data_acq.storage import LocalStore
 
@@ -66,22 +67,26 @@ def run_demo(output: Path, sites: int = 5, hours: float = 48.0, seed: int = 42) 
         # it is away is queued for it, as for a drain run started by the sensor
         Drain(drain_settings, None, store, DrainLimits(idle_exit_s=0.2)).run()
         publisher = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="demo-loggers")
-        publish_all(
-            publisher,
-            None,
-            iter(messages),
-            on_progress=lambda n: log.info("published %d", n) if n % 5000 == 0 else None,
-        )
-        log.info("published %d messages with QoS 1; draining", len(messages))
-        stats = drain.run()
+        with Bars() as bars:
+            publish_all(
+                publisher,
+                None,
+                iter(messages),
+                on_progress=lambda n: bars("published", n, len(messages), "messages"),
+            )
+            drain.on_flush = lambda s: bars(
+                "drained", min(s.stored, len(messages)), len(messages), "messages"
+            )
+            stats = drain.run()
     log.info(
         "drained %d messages into %d raw objects, %d acknowledged",
         stats.stored,
         stats.objects,
         stats.acknowledged,
     )
-    result = process(store, progress=log.info, workers=2)
-    charts = [key for day in result.dates for key in write_charts(store, day)]
+    with Bars() as bars:
+        result = process(store, progress=bars, workers=2)
+        charts = [key for day in result.dates for key in write_charts(store, day, bars)]
     log.info("drew %d daily charts", len(charts))
     _report(output / WAREHOUSE_FILE, len(messages), stats.stored, output)
 
