@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from data_acq.acquire.broker import publish_all
@@ -48,8 +49,25 @@ class DrainThread:
         return self.stats
 
 
-def start_drain(broker: BrokerSettings, store: ObjectStore, **limits: object) -> DrainThread:
+def start_drain(
+    broker: BrokerSettings,
+    store: ObjectStore,
+    until: int | Callable[[DrainStats], bool] | None = None,
+    **limits: object,
+) -> DrainThread:
+    """A drain in a thread, subscribed when this returns. With `until` (a number of messages
+    stored, or a test of the drain's figures), it ends as soon as that holds -- its `on_flush`
+    hook sets its `stop` -- rather than after waiting idle."""
+    limits.setdefault("max_seconds", 120.0)  # a safety net, never the way a test ends
     drain = Drain(broker, None, store, DrainLimits(**limits))  # type: ignore[arg-type]
+    if until is not None:
+        done = until if callable(until) else lambda stats: stats.stored >= until
+
+        def check(stats: DrainStats) -> None:
+            if done(stats):
+                drain.stop.set()
+
+        drain.on_flush = check
     holder = DrainThread(drain, threading.Thread())
 
     def run() -> None:

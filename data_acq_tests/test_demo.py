@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from data_acq.devtools.local_broker import LocalMosquitto
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run(

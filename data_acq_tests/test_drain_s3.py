@@ -44,7 +44,9 @@ def test_s3_outage_fails_the_run_without_acknowledging(moto_s3: MotoS3, tmp_path
         settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="drain-s3")
         drain = start_drain(settings, store, write_attempts=3, write_backoff_s=0.2)
         publisher = publish_in_background(broker.port, sent, rate=1000)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while drain.drain.stats.objects == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the first object is in S3
         moto_s3.stop()  # S3 goes away mid-drain
         with pytest.raises(DrainWriteError, match="nothing of this batch was acknowledged"):
             drain.join()
@@ -52,6 +54,8 @@ def test_s3_outage_fails_the_run_without_acknowledging(moto_s3: MotoS3, tmp_path
         assert failed.acknowledged == failed.stored < failed.messages
         publisher.join(60)
         moto_s3.start()  # S3 is back (moto keeps its buckets in this process)
-        stats = start_drain(settings, store, idle_exit_s=3).join()
+        stats = start_drain(
+            settings, store, until=lambda _: missing(sent, store) == 0, idle_exit_s=5
+        ).join()
     assert missing(sent, store) == 0
     assert stats.redelivered > 0  # what the failed run had received came again

@@ -82,7 +82,7 @@ def test_poison_and_odd_site_ids_through_the_whole_pipeline(tmp_path: Path) -> N
     store = LocalStore(tmp_path / "store")
     with LocalMosquitto(tmp_path / "mq") as broker:
         settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="hostile")
-        drain = start_drain(settings, store, idle_exit_s=2)
+        drain = start_drain(settings, store, until=len(sent))
         publish_in_background(broker.port, sent).join(60)
         stats = drain.join()
         # nothing was held back: a second drain of the same session finds nothing redelivered

@@ -124,7 +124,7 @@ def test_mosquitto_drain_process_warehouse_is_exact(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
         settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id="drain-process")
-        drain = start_drain(settings, store, idle_exit_s=3)
+        drain = start_drain(settings, store, until=len(sent))
         _mosquitto_pub(broker.port, sent)
         drain.join()
     result = process(store)

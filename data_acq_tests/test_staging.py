@@ -80,6 +80,7 @@ def test_staging_in_ticks_stages_every_object_once(tmp_path: Path) -> None:
     assert new_raw_keys(store) == keys[len(seen) :] and len(seen) == 46
 
 
+@pytest.mark.slow
 def test_on_s3_nothing_new_is_one_listing_request(moto_s3: MotoS3) -> None:
     client = moto_s3.client()
     client.create_bucket(Bucket="raw-bucket")  # type: ignore[attr-defined]
