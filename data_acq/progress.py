@@ -49,7 +49,7 @@ class Bars:
                 desc=what,
                 total=total,
                 unit=f" {unit}" if unit else "it",
-                unit_scale=unit not in ("", "s"),
+                unit_scale=unit == "B",  # kB, MB for bytes; counts as they are
                 file=sys.stderr,
                 disable=None,  # None: only on a terminal
                 dynamic_ncols=True,
