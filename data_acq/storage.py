@@ -65,6 +65,10 @@ class ObjectStore(Protocol):
         ...
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import: temporary files are private, objects are not
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -99,6 +103,7 @@ class LocalStore:
                 if attempt == 2:
                     raise
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; others may read it
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 if durable:
@@ -134,6 +139,7 @@ class LocalStore:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)

@@ -110,7 +110,7 @@ def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[Materi
             "dagster/row_count": result.table_rows.get(name, 0),  # the unit's whole day
             "dagster/column_schema": curated_schema(name),
             "rows_written": result.rows.get(name, 0),
-            "hours_rebuilt": ", ".join(f"{h:02d}" for h in result.hours) or "none",
+            "hours_rebuilt": ", ".join(f"{h:02d}:00" for h in result.hours) or "none",
             "location": MetadataValue.path(
                 store.url(layout.curated_key(name, result.day, result.bucket).rsplit("/", 1)[0])
             ),
@@ -153,7 +153,8 @@ def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[Mate
     kinds={"matplotlib"},
     owners=OWNERS,
     description="A daily chart per site (power through the day, counters' gain since midnight), "
-    "PNG under curated/charts/date=D/site=<site key>.png; drawn after the day ends (and on "
+    "PNG under curated/charts/date=D/site=KEY.png (KEY: the site's key, docs/analysts.md); "
+    "drawn after the day ends (and on "
     "demand, e.g. after late data); the first ones are shown in the metadata.",
 )
 def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
