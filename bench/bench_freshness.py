@@ -3,7 +3,7 @@ with the live setup of `data-acq ui` (private Mosquitto, `dagster dev` with the 
 drains kept running, staging and unit refreshes every DATA_ACQ_REFRESH_INTERVAL seconds).
 
 Simulated loggers publish one payload every `--every` seconds per site, stamped with the time of
-publishing; the warehouse (its DuckDB views, opened read-only) is polled every second, and each
+publishing; every second a new read-only session asks the warehouse (its DuckDB views), and each
 payload's latency is the time it first shows up in `pipeline_payloads` minus its publish time.
 The first payloads of a run wait for the first drain, staging and views to exist: the first
 `--warmup` seconds are left out of the figures.
@@ -52,24 +52,26 @@ def publisher(port: int, sites: int, every: float, stop: threading.Event, sent: 
         client.loop_stop()
 
 
-def poll(warehouse: Path, sent: dict, seen: dict, stop: threading.Event) -> None:
+def poll(warehouse: Path, sent: dict, seen: dict, stop: threading.Event, errors: list[str]) -> None:
+    """Once a second, a new read-only session asks the warehouse for the payloads, as an analyst
+    would: an open session keeps the warehouse file it opened, whose views may predate a table's
+    first data (the file is replaced when the set of tables changes)."""
     import duckdb
 
-    while not stop.is_set():
+    while not stop.wait(1.0):
         try:
             with duckdb.connect(str(warehouse), read_only=True) as con:
-                while not stop.is_set():
-                    rows = con.execute(
-                        "select site, epoch(time)::bigint from pipeline_payloads "
-                        "where site like 'fresh%'"
-                    ).fetchall()
-                    now = time.time()
-                    for site, t in rows:
-                        if (site, t) in sent and (site, t) not in seen:
-                            seen[(site, t)] = now
-                    stop.wait(1.0)
-        except duckdb.Error:
-            stop.wait(1.0)  # no warehouse, or no views yet
+                rows = con.execute(
+                    "select site, epoch(time)::bigint from pipeline_payloads "
+                    "where site like 'fresh%'"
+                ).fetchall()
+        except duckdb.Error as exc:
+            errors.append(str(exc).splitlines()[0])  # no warehouse, or no views yet
+            continue
+        now = time.time()
+        for site, t in rows:
+            if (site, t) in sent and (site, t) not in seen:
+                seen[(site, t)] = now
 
 
 def main() -> None:
@@ -90,7 +92,8 @@ def main() -> None:
     (OUT_DIR / "dagster_home" / "dagster.yaml").touch()
     sent: dict = {}
     seen: dict = {}
-    stop = threading.Event()
+    errors: list[str] = []  # the warehouse's, while polling
+    stop_publishing, stop_polling = threading.Event(), threading.Event()
     with LocalMosquitto(OUT_DIR / "mosquitto", persistence=True) as broker:
         env = {
             **__import__("os").environ,
@@ -98,19 +101,21 @@ def main() -> None:
         }
         dagster = Path(sys.executable).parent / "dagster"
         command = [str(dagster), "dev", "-m", "data_acq.definitions", "-p", str(args.port)]
+        log = (OUT_DIR / "dagster.log").open("wb")
         ui = subprocess.Popen(
             command,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         threads = [
             threading.Thread(
-                target=publisher, args=(broker.port, args.sites, args.every, stop, sent)
+                target=publisher, args=(broker.port, args.sites, args.every, stop_publishing, sent)
             ),
             threading.Thread(
-                target=poll, args=(OUT_DIR / "storage" / "warehouse.duckdb", sent, seen, stop)
+                target=poll,
+                args=(OUT_DIR / "storage" / "warehouse.duckdb", sent, seen, stop_polling, errors),
             ),
         ]
         started = time.time()
@@ -118,10 +123,11 @@ def main() -> None:
             thread.start()
         try:
             time.sleep(args.minutes * 60)
-            stop.set()
-            time.sleep(60)  # let the last payloads arrive; they are not counted if they do not
+            stop_publishing.set()
+            time.sleep(90)  # the last payloads still arrive; any that do not count as missing
         finally:
-            stop.set()
+            stop_publishing.set()
+            stop_polling.set()
             for thread in threads:
                 thread.join(timeout=30)
             __import__("os").killpg(ui.pid, signal.SIGTERM)
@@ -130,7 +136,7 @@ def main() -> None:
     latencies = sorted(seen[k] - v for k, v in counted.items() if k in seen)
     missing = len(counted) - len(latencies)
     if not latencies:
-        print("no payload reached the warehouse")
+        print("no payload reached the warehouse; last errors:", *errors[-3:], sep="\n  ")
         sys.exit(1)
     p50 = statistics.median(latencies)
     p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
