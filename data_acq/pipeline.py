@@ -18,6 +18,7 @@ from typing import Any
 
 from data_acq.curate.feed import send_new_documents
 from data_acq.curate.staging import (
+    CHUNK_MESSAGES,
     DEFAULT_BUCKETS,
     MAX_OBJECTS,
     StageResult,
@@ -116,7 +117,7 @@ def process(
     progress: Progress | None = None,
     *,
     buckets: int = DEFAULT_BUCKETS,
-    chunk_size: int = 50_000,
+    chunk_size: int = CHUNK_MESSAGES,
     workers: int = 1,
     opener: Opener | None = None,
     queue_url: str | None = None,

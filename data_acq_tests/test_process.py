@@ -24,7 +24,7 @@ from data_acq.curate.aggregates import (
     energy_daily,
     energy_partials,
 )
-from data_acq.curate.units import UnitResult
+from data_acq.curate.units import UnitResult, preview_rows
 from data_acq.curate.warehouse import connect_s3
 from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.devtools.simulate import SimulationSpec, simulate
@@ -257,6 +257,26 @@ def _hourly(frame: pl.DataFrame, partials: object) -> pl.DataFrame:
             for (hour,), part in hours.partition_by("hour", as_dict=True).items()
         ]
     )
+
+
+def test_a_preview_does_not_keep_the_frame_it_was_cut_from_alive() -> None:
+    """A run keeps every unit's result, previews included: they must own their few rows. (As
+    `head` slices they held each unit's last hour alive: a 3,000-site day grew to 3.1 GB.)"""
+
+    def rss_mib() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+    before = rss_mib()
+    kept = []
+    for _ in range(6):  # ~90 MiB each: as slices, 540 MiB would stay
+        frame = pl.DataFrame({"value": pl.int_range(4_000_000, eager=True)})
+        frame = frame.with_columns(site=pl.col("value").cast(pl.String))
+        kept.append(preview_rows(frame))
+        del frame
+    assert [p.height for p in kept] == [5] * 6
+    assert kept[-1]["site"].to_list() == ["0", "1", "2", "3", "4"]
+    assert rss_mib() - before < 250
 
 
 def test_energy_counts_increases_and_treats_a_drop_as_a_reset() -> None:

@@ -203,10 +203,16 @@ def _put(
     frame = frame.drop("date", strict=False)
     store.put(key, to_parquet(frame))
     result.rows[table] = result.rows.get(table, 0) + frame.height
-    result.previews[table] = frame.head(PREVIEW_ROWS)
+    result.previews[table] = preview_rows(frame)
     if stats is not None:
         stats[f"rows_{table}"] = frame.height
     return key
+
+
+def preview_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The first rows as a frame of their own: a slice (`head`) keeps the whole frame it was
+    cut from alive as long as it lives, and a run keeps every unit's result."""
+    return pl.DataFrame(frame.head(PREVIEW_ROWS).to_dict(as_series=False), schema=frame.schema)
 
 
 def _build_hour(

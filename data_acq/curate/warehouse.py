@@ -4,7 +4,8 @@ Each curated table is a view reading `<storage>/curated/<table>/*/*/*.parquet` (
 from the folder names), so every query sees what the files hold at that moment: processing never
 opens this file, and an analyst's session never holds processing back. The file is written only
 when the set of tables changes (a table gets its first file), into a new file that then replaces
-the old one: a session still open on the old file goes on reading through the same views.
+the old one: a session still open on the old file goes on reading through the same views (a
+table that was empty when it connected stays empty in it until it reconnects).
 
 With S3 storage the views read `s3://` paths through DuckDB's httpfs extension. DuckDB cannot
 download extensions where data-acq is built, so it loads them from their PyPI packages
