@@ -162,14 +162,17 @@ def fleet(sites: int, keep: bool) -> list[dict[str, Any]]:
             encode_object([encode_record(*m, received, 1) for m in late]),
         )
         # the same tick REPEAT times, each on a hard-linked copy of the storage as it stands
-        # (the store replaces files, never rewrites them, so the copies stay apart)
+        # (the store replaces files, never rewrites them, so the copies stay apart), at the
+        # storage's own path: the warehouse's views name it, and a copy elsewhere would
+        # rewrite them on every tick
         ticks = []
+        base = root.with_name(f"{root.name}-base")
+        root.rename(base)
         for _ in range(REPEAT):
-            work = root.with_name(f"{root.name}-tick")
-            shutil.rmtree(work, ignore_errors=True)
-            subprocess.run(["cp", "-al", str(root), str(work)], check=True)
-            ticks.append(run_child(work))
-            shutil.rmtree(work, ignore_errors=True)
+            subprocess.run(["cp", "-al", str(base), str(root)], check=True)
+            ticks.append(run_child(root))
+            shutil.rmtree(root)
+        base.rename(root)
         tick = sorted(ticks, key=lambda t: t["seconds"])[len(ticks) // 2]  # the median
         tick |= {
             "sites": sites,

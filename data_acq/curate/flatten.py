@@ -318,8 +318,8 @@ _FRAMES = ("readings", "status", "rejects", "payloads")
 
 def _flatten_packed(source: Source, pipeline: bool) -> tuple[dict[str, bytes], int, int]:
     """In a worker: the tables as Parquet bytes (lz4) -- a pickled frame of a few million rows
-    crosses a pipe ten times slower, and Parquet reads back faster than Arrow IPC, which
-    matters in the one process that reads them all."""
+    costs three times as much to hand over, and Parquet reads back faster than Arrow IPC,
+    which matters in the one process that reads them all."""
     tables = _flatten_source(source, pipeline)
     packed = {}
     for name in _FRAMES:
