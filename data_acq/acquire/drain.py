@@ -26,7 +26,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 
 from data_acq.acquire.broker import BrokerError, connect, make_client, subscribe_on_connect
-from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.acquire.raw import BATCH_MESSAGES, encode_object, raw_key
 from data_acq.contract import too_deep
 from data_acq.messages import encode_record, site_of
 from data_acq.settings import BrokerSettings
@@ -48,7 +48,7 @@ class DrainError(RuntimeError):
 class DrainLimits:
     max_seconds: float = 600.0  # the window: a run ends after this long
     idle_exit_s: float | None = None  # ...or after this long without any message
-    batch_messages: int = 5_000
+    batch_messages: int = BATCH_MESSAGES
     batch_bytes: int = 16 * 2**20
     max_batch_age_s: float = 2.0
     min_quiet_s: float = 0.005

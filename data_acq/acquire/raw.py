@@ -16,6 +16,8 @@ from data_acq.layout import RAW
 from data_acq.messages import Message, read_records
 from data_acq.storage import ObjectStore
 
+BATCH_MESSAGES = 5_000  # messages a drain stores in one raw object, at most (by default)
+
 
 def raw_key(first_received: datetime, client_id: str) -> str:
     """A unique, time-sorted key for a batch whose first message arrived at `first_received`."""

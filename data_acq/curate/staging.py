@@ -26,7 +26,7 @@ from itertools import islice
 import polars as pl
 
 from data_acq import layout
-from data_acq.acquire.raw import key_time, read_raw
+from data_acq.acquire.raw import BATCH_MESSAGES, key_time, read_raw
 from data_acq.curate.flatten import iter_flatten, iter_flatten_parallel
 from data_acq.curate.parquet import to_parquet
 from data_acq.messages import Message
@@ -132,7 +132,7 @@ def _buckets_of(sites: pl.Series, buckets: int) -> pl.Series:
 # Messages flattened and filed at once: memory follows it (staging 120,000 messages of 3,000
 # sites peaked at 2.3 GB in chunks of 50,000, 1.2 GB in chunks of 20,000), speed hardly does.
 CHUNK_MESSAGES = 20_000
-OBJECTS_PER_WORKER_CHUNK = 4  # raw objects (up to 5,000 messages each) a worker flattens at once
+OBJECTS_PER_WORKER_CHUNK = CHUNK_MESSAGES // BATCH_MESSAGES  # raw objects a worker takes at once
 
 
 def _read_raw_opened(opener: Callable[[], ObjectStore], keys: list[str]) -> Iterator[Message]:
