@@ -16,6 +16,8 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import methodcaller
 from typing import Annotated, Any, Union
 
 import msgspec
@@ -53,6 +55,8 @@ class _TypedPayload(msgspec.Struct):
 
 _typed_decoder = msgspec.json.Decoder(_TypedPayload)
 _TEXT = (str, type(None))  # allowed types of `_d`
+_GET_STATUS = methodcaller("get", "_s")
+_NO_STATUSES: list[Any] = []  # never changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,8 @@ def parse_payload(data: bytes | bytearray | memoryview | str) -> Payload | Rejec
     if problem is not None:
         return problem
     # an escaped UTF-16 surrogate (\\ud800 .. \\udfff) may be alone, and then it is not text
-    suspect = b"\\ud" in data or b"\\uD" in data
+    # (a backslash is rare, and looking for one byte is many times faster than for three)
+    suspect = b"\\" in data and (b"\\ud" in data or b"\\uD" in data)
     try:
         return _parse(data, suspect)
     except RecursionError:  # the caller's stack was already deep; the bound is far below
@@ -140,12 +145,21 @@ def _parse(data: bytes, suspect: bool) -> Payload | Rejection:
         return Rejection("$.t", _absurd_t(typed.t))
     readings: list[dict[str, Any]] = []
     skipped: list[Rejection] = []
+    # Each `_s` array accounts for one `[` besides `r`'s own, and a status holds none. When the
+    # payload has no other `[` (a string may hold one too), no other value is an array, and the
+    # look at every value (a third of this loop's time) is spared.
+    statuses = sum(map(isinstance, map(_GET_STATUS, typed.r), repeat(list)))
+    other_arrays = data.count(b"[") != 1 + statuses
     for i, reading in enumerate(typed.r):
         if reading.get("_vid").__class__ is not str or reading.get("_d", "").__class__ not in _TEXT:
             # the same test as _reading_problem, inlined for the hot path
             skipped.append(Rejection(f"$.r[{i}]", _reading_problem(reading) or "invalid reading"))
             continue
-        if "_s" in reading or list in map(type, reading.values()):
+        if other_arrays:
+            look = "_s" in reading or list in map(type, reading.values())
+        else:  # only a `_s` that is not an array
+            look = reading.get("_s", _NO_STATUSES).__class__ is not list
+        if look:
             _drop_misplaced_arrays(reading, f"$.r[{i}]", skipped)
         if suspect and not _storable(reading, f"$.r[{i}]", skipped):
             continue

@@ -124,6 +124,35 @@ def test_fast_route_drops_misplaced_arrays_too() -> None:
     assert [str(s) for s in parsed.skipped] == ["$.r[0].x: value is an array, expected a scalar"]
 
 
+@pytest.mark.parametrize(
+    ("readings", "expected"),
+    [
+        # a `_s` that is not an array leaves the `[` count matching the status arrays
+        (
+            '[{"_vid": "a", "_s": 5}, {"_vid": "b", "x": []}]',
+            ["$.r[0]._s: _s is an integer, expected an array", "$.r[1].x: " + "{array}"],
+        ),
+        ('[{"_vid": "a", "_s": [{"c": "OK"}]}, {"_vid": "b", "x": [{}]}]', ["$.r[1].x: {array}"]),
+        ('[{"_vid": "a", "_s": []}, {"_vid": "b", "x": []}]', ["$.r[1].x: {array}"]),
+        ('[{"_vid": "a", "_s": [{"c": "[x"}]}, {"_vid": "b", "x": []}]', ["$.r[1].x: {array}"]),
+        ('[{"_vid": "a", "x": "["}, {"_vid": "b", "y": []}]', ["$.r[1].y: {array}"]),
+        ('[{"_vid": "a", "_s": [{"c": "OK", "l": 0}], "x": 1}]', []),
+    ],
+)
+def test_misplaced_arrays_are_found_whatever_else_the_payload_holds(
+    readings: str, expected: list[str]
+) -> None:
+    """The typed route skips its look at every value when the payload's `[` are all accounted
+    for by `r` and the `_s` arrays; these are the payloads that must not fool that count."""
+    parsed = parse_payload(f'{{"t": 1728734580, "r": {readings}}}'.encode())
+    assert isinstance(parsed, Payload)
+    array = "value is an array, expected a scalar"
+    assert [str(s) for s in parsed.skipped] == [e.format(array=array) for e in expected]
+    assert all(
+        not isinstance(value, list) for r in parsed.readings for k, value in r.items() if k != "_s"
+    )
+
+
 def test_hostile_strings_are_plain_values() -> None:
     hostile = '\'; DROP TABLE readings; --\u0000\u202e<script>"},{"_vid":"x"}'
     body = json.dumps({"t": 1728734580, "r": [{"_vid": hostile, hostile: hostile}]})

@@ -8,11 +8,13 @@ deep in a batch is kept like any other.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -310,7 +312,21 @@ Source = Callable[[], Iterable[Message]]
 
 
 def _flatten_source(source: Source, pipeline: bool) -> Tables:
-    return flatten(source(), chunk_size=1 << 30, pipeline=pipeline)
+    with _gc_paused():
+        return flatten(source(), chunk_size=1 << 30, pipeline=pipeline)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A chunk's million new objects (readings, values) hold no reference cycles, so the
+    collections their allocation triggers find nothing: about a tenth of a worker's time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _FRAMES = ("readings", "status", "rejects", "payloads")
