@@ -14,7 +14,6 @@ import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -181,6 +180,12 @@ class _Columns:
         )
 
     def tables(self) -> Tables:
+        return _tables(self.frames(), self.messages, self.accepted)
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        """The chunk's tables, readings still in two parts (`_tables` joins them): one row per
+        reading, and one per field naming its reading. That is half the bytes to hand over
+        from a worker process, and the repeating costs the same wherever it is done."""
         values = self.values
         numbers = pl.Series(
             "value",
@@ -188,39 +193,26 @@ class _Columns:
             dtype=pl.Float64,
             strict=False,  # integers beyond 64 bits become floats too
         )
+        fields = pl.Series("field", self.keys, dtype=pl.String)
+        named = ~fields.str.starts_with("_")  # the other `_`-keys are not fields
         # Only the few non-numeric positions (text, booleans, nulls) need a second look.
-        others = numbers.is_null().arg_true()
+        others = (numbers.is_null() & named).arg_true()
         texts = (
             pl.repeat(None, len(values), dtype=pl.String, eager=True)
             .alias("value_text")
             .scatter(others, [_as_text(values[i]) for i in others.to_list()])
         )
+        keep = named & (numbers.is_not_null() | texts.is_not_null())
         per_payload = pl.DataFrame(
             {"site": self.p_site, "time": self.p_time, "received_at": self.p_received},
             schema={"site": pl.String, "time": pl.Int64, "received_at": TIME},
+        ).with_columns(_epoch_to_time("time"))
+        per_reading = per_payload[_repeat_rows(self.p_width)].hstack(
+            [pl.Series("vid", self.r_vid, pl.String), pl.Series("device", self.r_device, pl.String)]
         )
-        per_reading = pl.concat(
-            [
-                per_payload[_repeat_rows(self.p_width)],
-                pl.DataFrame(
-                    {"vid": self.r_vid, "device": self.r_device},
-                    schema={"vid": pl.String, "device": pl.String},
-                ),
-            ],
-            how="horizontal",
-        )
-        per_field = pl.DataFrame([pl.Series("field", self.keys, dtype=pl.String), numbers, texts])
-        readings = (
-            pl.concat([per_reading[_repeat_rows(self.r_width)], per_field], how="horizontal")
-            .lazy()
-            .filter(
-                ~pl.col("field").str.starts_with("_")
-                & (pl.col("value").is_not_null() | pl.col("value_text").is_not_null())
-            )
-            .with_columns(_epoch_to_time("time"))
-            .select(READINGS_SCHEMA.names())
-            .collect()
-        )
+        per_field = pl.DataFrame(
+            [_repeat_rows(self.r_width).alias("reading"), fields, numbers, texts]
+        ).filter(keep)
         status = pl.DataFrame(
             self.status,
             schema={**STATUS_SCHEMA, "time": pl.Int64},
@@ -232,9 +224,28 @@ class _Columns:
         payloads = PAYLOADS_SCHEMA.to_frame()
         if self.pipeline:
             payloads = per_payload.with_columns(
-                _epoch_to_time("time"), document=pl.Series(self.p_document, dtype=pl.String)
+                document=pl.Series(self.p_document, dtype=pl.String)
             )
-        return Tables(readings, status, rejects, self.messages, self.accepted, payloads)
+        return {
+            "per_reading": per_reading,
+            "per_field": per_field,
+            "status": status,
+            "rejects": rejects,
+            "payloads": payloads,
+        }
+
+
+def _tables(frames: dict[str, pl.DataFrame], messages: int, accepted: int) -> Tables:
+    """`_Columns.frames` as tables: each field row joined to its reading's columns."""
+    per_field = frames["per_field"]
+    readings = (
+        frames["per_reading"][per_field["reading"]]
+        .hstack(per_field.drop("reading").get_columns())
+        .select(READINGS_SCHEMA.names())
+    )
+    return Tables(
+        readings, frames["status"], frames["rejects"], messages, accepted, frames["payloads"]
+    )
 
 
 def _with_storable_topic(message: Message) -> Message:
@@ -312,44 +323,47 @@ Source = Callable[[], Iterable[Message]]
 
 
 def _flatten_source(source: Source, pipeline: bool) -> Tables:
-    with _gc_paused():
-        return flatten(source(), chunk_size=1 << 30, pipeline=pipeline)
+    columns = _filled(source, pipeline)
+    return _tables(columns.frames(), columns.messages, columns.accepted)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """A chunk's million new objects (readings, values) hold no reference cycles, so the
-    collections their allocation triggers find nothing: about a tenth of a worker's time."""
+def _filled(source: Source, pipeline: bool) -> _Columns:
+    columns = _Columns(pipeline)
+    # A chunk's million new objects (readings, values) hold no reference cycles, so the
+    # collections their allocation would trigger find nothing: a tenth of a worker's time.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        for message in source():
+            columns.add(message)
     finally:
         if enabled:
             gc.enable()
+    return columns
 
 
-_FRAMES = ("readings", "status", "rejects", "payloads")
+Packed = tuple[dict[str, bytes], int, int]
 
 
-def _flatten_packed(source: Source, pipeline: bool) -> tuple[dict[str, bytes], int, int]:
-    """In a worker: the tables as Parquet bytes (lz4) -- a pickled frame of a few million rows
+def _flatten_packed(source: Source, pipeline: bool) -> Packed:
+    """In a worker: the frames as Parquet bytes (lz4) -- a pickled frame of a few million rows
     costs three times as much to hand over, and Parquet reads back faster than Arrow IPC,
     which matters in the one process that reads them all."""
-    tables = _flatten_source(source, pipeline)
+    columns = _filled(source, pipeline)
     packed = {}
-    for name in _FRAMES:
+    for name, frame in columns.frames().items():
         buffer = io.BytesIO()
-        getattr(tables, name).write_parquet(buffer, compression="lz4", statistics=False)
+        frame.write_parquet(buffer, compression="lz4", statistics=False)
         packed[name] = buffer.getvalue()
-    return packed, tables.messages, tables.accepted
+    return packed, columns.messages, columns.accepted
 
 
-def _unpack(packed: tuple[dict[str, bytes], int, int]) -> Tables:
+def _unpack(packed: Packed) -> Tables:
     frames, messages, accepted = packed
-    read = {name: pl.read_parquet(io.BytesIO(data)) for name, data in frames.items()}
-    return Tables(
-        read["readings"], read["status"], read["rejects"], messages, accepted, read["payloads"]
+    return _tables(
+        {name: pl.read_parquet(io.BytesIO(data)) for name, data in frames.items()},
+        messages,
+        accepted,
     )
 
 
@@ -365,7 +379,7 @@ def iter_flatten_parallel(
         return
     # spawn, not fork: Polars' thread pool does not survive a fork
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        in_flight: deque[Future[tuple[dict[str, bytes], int, int]]] = deque()
+        in_flight: deque[Future[Packed]] = deque()
         for source in sources:
             in_flight.append(pool.submit(_flatten_packed, source, pipeline))
             if len(in_flight) > 2 * workers:
