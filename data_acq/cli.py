@@ -9,14 +9,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date
 from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from botocore.exceptions import BotoCoreError, ClientError
@@ -36,7 +35,7 @@ from data_acq.curate.flatten import (
     write_parquet,
 )
 from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
-from data_acq.messages import Message, read_lines
+from data_acq.messages import line_blocks, read_block, read_lines
 from data_acq.pipeline import process
 from data_acq.pipeline_format import to_pipeline
 from data_acq.progress import Bars
@@ -124,18 +123,29 @@ def _report(name: str, ref: int, rejection: Rejection | str, what: str = "reject
     tqdm.write(f"{name}:{ref}: {what}: {rejection}", file=sys.stderr)  # above any progress bar
 
 
-def _measured(name: str, stream: IO[bytes], bars: Bars) -> Iterator[bytes]:
-    """The stream's lines, with a bar of the bytes read (out of the file's size, if it has one)."""
+Piece = TypeVar("Piece")
+
+
+def _measured(
+    name: str,
+    stream: IO[bytes],
+    bars: Bars,
+    pieces: Iterable[Piece],
+    length: Callable[[Piece], int],
+    every: int = 1,
+) -> Iterator[Piece]:
+    """The stream's pieces (lines, blocks), with a bar of the bytes read (out of the file's
+    size, if it has one), updated every `every` pieces."""
     try:
         size: int | None = os.fstat(stream.fileno()).st_size or None
     except (OSError, ValueError):
         size = None
     done = 0
-    for number, line in enumerate(stream):
-        done += len(line)
-        if number % 1000 == 0:
+    for number, piece in enumerate(pieces):
+        done += length(piece)
+        if number % every == 0:
             bars(f"reading {name}", done, size, "B")
-        yield line
+        yield piece
     bars(f"reading {name}", done, size or done, "B")
 
 
@@ -143,11 +153,11 @@ def cmd_transform(args: argparse.Namespace) -> None:
     counts = {"messages": 0, "accepted": 0, "skipped": 0}
     with ExitStack() as stack:
         bars = stack.enter_context(Bars())
-        inputs = ((n, _measured(n, s, bars)) for n, s in _open_inputs(args.files, stack))
+        inputs = _open_inputs(args.files, stack)
         if args.to == "pipeline":
             out = sys.stdout
             for name, stream in inputs:
-                for message in read_lines(stream):
+                for message in read_lines(_measured(name, stream, bars, stream, len, 1000)):
                     counts["messages"] += 1
                     parsed = parse_payload(message.payload)
                     if isinstance(parsed, Rejection):
@@ -166,7 +176,12 @@ def cmd_transform(args: argparse.Namespace) -> None:
 
             def frames() -> Iterator[Any]:
                 for name, stream in inputs:
-                    for tables in iter_flatten_parallel(_line_chunks(stream), args.workers):
+                    blocks = line_blocks(stream, TRANSFORM_BLOCK)
+                    sources = (
+                        partial(read_block, block, first)
+                        for block, first in _measured(name, stream, bars, blocks, _block_length)
+                    )
+                    for tables in iter_flatten_parallel(sources, args.workers):
                         _count_tables(tables, name, counts)
                         yield tables.readings if args.to == "readings" else tables.status
 
@@ -183,13 +198,11 @@ def cmd_transform(args: argparse.Namespace) -> None:
     )
 
 
-TRANSFORM_CHUNK = 20_000  # lines a worker flattens at once
+TRANSFORM_BLOCK = 8 << 20  # bytes of input lines a worker flattens at once
 
 
-def _line_chunks(stream: Iterator[bytes]) -> Iterator[Callable[[], Iterator[Message]]]:
-    """The input as chunks of lines a worker process can read, numbered as in the file."""
-    for number, chunk in enumerate(iter(lambda: list(islice(stream, TRANSFORM_CHUNK)), [])):
-        yield partial(read_lines, chunk, 1 + number * TRANSFORM_CHUNK)
+def _block_length(block: tuple[bytes, int]) -> int:
+    return len(block[0])
 
 
 def _count_tables(tables: Tables, name: str, counts: dict[str, int]) -> None:

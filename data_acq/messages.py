@@ -12,6 +12,7 @@ import base64
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import IO
 
 import msgspec
 
@@ -57,6 +58,23 @@ def read_lines(lines: Iterable[bytes], first_ref: int = 1) -> Iterator[Message]:
     for ref, line in enumerate(lines, start=first_ref):
         if line.strip():
             yield parse_line(line, ref)
+
+
+def line_blocks(stream: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """The stream in blocks of whole lines, about `size` bytes each, with the number of each
+    block's first line: a worker process splits its block itself, so the reading process
+    neither splits the input into lines nor hands them over one by one."""
+    first = 1
+    while block := stream.read(size):
+        if not block.endswith(b"\n"):
+            block += stream.readline()
+        yield block, first
+        first += block.count(b"\n")
+
+
+def read_block(block: bytes, first_ref: int = 1) -> Iterator[Message]:
+    """Messages from a block of `line_blocks`, numbered as in the stream."""
+    return read_lines(block.split(b"\n"), first_ref)
 
 
 class RawRecord(msgspec.Struct, omit_defaults=True):

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_acq.messages import encode_record, parse_line, read_records, site_of
+from data_acq.messages import (
+    encode_record,
+    line_blocks,
+    parse_line,
+    read_block,
+    read_lines,
+    read_records,
+    site_of,
+)
 
 NOW = datetime(2024, 10, 12, 12, 0, tzinfo=UTC)
 
@@ -23,6 +32,27 @@ def test_lines_with_and_without_topic() -> None:
     assert parse_line(b'a/x/u/data\t{"t":1}\n', 3).topic == "a/x/u/data"
     bare = parse_line(b'{"t":\t1}\n')  # a tab inside a bare JSON payload
     assert bare.topic is None and bare.payload == b'{"t":\t1}'
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"", b"x", b"a/s/u/data\t{}", b"{\r}", b"  ", b"y" * 40]), max_size=30
+    ),
+    st.booleans(),
+    st.integers(min_value=1, max_value=50),
+)
+def test_blocks_of_lines_read_as_the_lines_do(
+    lines: list[bytes], last_newline: bool, size: int
+) -> None:
+    """Whatever the block size, blocks hold whole lines and number them as the stream does:
+    blank lines counted, a line longer than a block kept whole, a bare `\\r` not a line end."""
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    expected = [(m.ref, m.topic, m.payload) for m in read_lines(io.BytesIO(data))]
+    blocks = list(line_blocks(io.BytesIO(data), size))
+    assert b"".join(block for block, _ in blocks) == data
+    assert all(block.endswith(b"\n") for block, _ in blocks[:-1])
+    got = [(m.ref, m.topic, m.payload) for b, first in blocks for m in read_block(b, first)]
+    assert got == expected
 
 
 def test_valid_json_is_embedded_verbatim() -> None:
