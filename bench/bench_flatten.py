@@ -3,8 +3,8 @@
 Four contenders flatten the same raw-records NDJSON file (one `encode_record` line per simulated
 message) to a Parquet `readings` table (site, time, vid, device, field, value, value_text):
 
-- project: `data_acq.curate.flatten.iter_flatten_parallel` over 8 MiB blocks of whole lines
-  (`line_blocks`, each split and read by `read_records` in its worker), one
+- project: `data_acq.curate.flatten.iter_flatten_parallel` over 8 MiB spans of whole lines
+  (`line_spans`; each worker reads its span and `read_records` its lines), one
   process per core (as `data-acq transform` and staging run it), streamed by `write_parquet`;
 - duckdb:  the same flattening in SQL over `read_ndjson` with `json_each`, written by
   `COPY ... TO` Parquet;
@@ -46,7 +46,7 @@ CONTENDERS = ("project", "duckdb", "duckdb_from_json", "python")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 RECEIVED_AT = datetime(2024, 10, 13, tzinfo=UTC)  # fixed: the input is the same on every run
 PYTHON_CHUNK = 50_000  # messages per chunk for the plain-Python contender
-PROJECT_BLOCK = 8 << 20  # bytes of whole lines handed to a worker process at once
+PROJECT_BLOCK = 8 << 20  # bytes of whole lines a worker process reads at once
 MEMORY_TARGET_BYTES = 2_000_000_000  # peak RSS target: under 2 GB
 MIB = 1024 * 1024
 
@@ -110,24 +110,24 @@ copy (
 # ---------------------------------------------------------------------------------------------
 
 
-def _records_of_block(block: bytes, first_ref: int) -> Iterator[Any]:
-    """A worker's share: its block split into lines where it is read, as a staging worker
-    splits the raw objects it fetches."""
-    from data_acq.messages import read_records
+def _records_of_span(path: str, start: int, stop: int, first_ref: int) -> Iterator[Any]:
+    """A worker's share: its span of the file, read and split into lines by the worker, as a
+    staging worker fetches and splits its own raw objects."""
+    from data_acq.messages import read_bytes, read_records
 
-    return read_records(block.splitlines(), first_ref)
+    return read_records(read_bytes(path, start, stop).splitlines(), first_ref)
 
 
 def run_project(input_path: Path, output_path: Path) -> int:
     from functools import partial
 
     from data_acq.curate.flatten import READINGS_SCHEMA, iter_flatten_parallel, write_parquet
-    from data_acq.messages import line_blocks
+    from data_acq.messages import line_spans
 
     with input_path.open("rb") as stream:
         sources = (
-            partial(_records_of_block, block, first)
-            for block, first in line_blocks(stream, PROJECT_BLOCK)
+            partial(_records_of_span, str(input_path), start, stop, first)
+            for start, stop, first in line_spans(stream, PROJECT_BLOCK)
         )
         tables = iter_flatten_parallel(sources, workers=os.cpu_count() or 1)
         return write_parquet((t.readings for t in tables), output_path, READINGS_SCHEMA)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from data_acq.curate.flatten import (
     write_parquet,
 )
 from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
-from data_acq.messages import line_blocks, read_block, read_lines
+from data_acq.messages import Message, line_blocks, line_spans, read_block, read_lines, read_span
 from data_acq.pipeline import process
 from data_acq.pipeline_format import to_pipeline
 from data_acq.progress import Bars
@@ -176,11 +177,7 @@ def cmd_transform(args: argparse.Namespace) -> None:
 
             def frames() -> Iterator[Any]:
                 for name, stream in inputs:
-                    blocks = line_blocks(stream, TRANSFORM_BLOCK)
-                    sources = (
-                        partial(read_block, block, first)
-                        for block, first in _measured(name, stream, bars, blocks, _block_length)
-                    )
+                    sources = _worker_sources(name, stream, bars)
                     for tables in iter_flatten_parallel(sources, args.workers):
                         _count_tables(tables, name, counts)
                         yield tables.readings if args.to == "readings" else tables.status
@@ -199,6 +196,25 @@ def cmd_transform(args: argparse.Namespace) -> None:
 
 
 TRANSFORM_BLOCK = 8 << 20  # bytes of input lines a worker flattens at once
+
+
+def _worker_sources(
+    name: str, stream: IO[bytes], bars: Bars
+) -> Iterator[Callable[[], Iterator[Message]]]:
+    """The input in blocks of lines a worker process reads: by position in a regular file
+    (the worker opens it), else the blocks' bytes themselves (a pipe, standard input)."""
+    if name != "<stdin>" and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        spans = line_spans(stream, TRANSFORM_BLOCK)
+        for start, stop, first in _measured(name, stream, bars, spans, _span_length):
+            yield partial(read_span, name, start, stop, first)
+    else:
+        blocks = line_blocks(stream, TRANSFORM_BLOCK)
+        for block, first in _measured(name, stream, bars, blocks, _block_length):
+            yield partial(read_block, block, first)
+
+
+def _span_length(span: tuple[int, int, int]) -> int:
+    return span[1] - span[0]
 
 
 def _block_length(block: tuple[bytes, int]) -> int:

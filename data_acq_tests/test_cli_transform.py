@@ -77,6 +77,39 @@ def test_readings_and_status_to_parquet(tmp_path: Path) -> None:
     assert pl.read_parquet(status).columns == ["site", "time", "vid", "device", "content", "level"]
 
 
+def test_a_file_larger_than_a_block_is_read_whole_by_span_and_by_pipe(tmp_path: Path) -> None:
+    """A file goes to the workers as spans they read themselves, standard input as blocks of
+    bytes (TRANSFORM_BLOCK, 8 MiB): both give every row, and rejects under their line numbers."""
+    fields = ", ".join(f'"f{i}": {i}.5' for i in range(100))
+    good = [
+        f'a/s{n % 7}/u/data\t{{"t": {1728734580 + 60 * n}, "r": [{{"_vid": "v", {fields}}}]}}'
+        for n in range(7_000)
+    ]
+    bad = {1, 3_500, 7_003}  # line numbers: first, in the middle, last
+    lines = iter(good)
+    data = "\n".join("not json" if n in bad else next(lines) for n in range(1, 7_004)).encode()
+    assert len(data) > 8 << 20  # two blocks at least
+    source = tmp_path / "in.txt"
+    source.write_bytes(data + b"\n")
+    outputs = {}
+    for how, args, stdin in [("span", [str(source)], b""), ("pipe", [], data + b"\n")]:
+        outputs[how] = tmp_path / f"{how}.parquet"
+        result = _run(
+            "transform", "--to", "readings", "--output", str(outputs[how]), *args, stdin=stdin
+        )
+        assert result.returncode == 0, result.stderr
+        reported = [
+            int(line.split(":")[1])
+            for line in result.stderr.decode().splitlines()
+            if ": rejected: " in line
+        ]
+        assert reported == sorted(bad), how
+        assert "7003 messages, 7000 accepted, 3 rejected" in result.stderr.decode()
+    span, pipe = (pl.read_parquet(outputs[how]) for how in ("span", "pipe"))
+    assert span.height == 7_000 * 100
+    assert span.sort("time", "field").equals(pipe.sort("time", "field"))
+
+
 def test_usage_and_io_errors_set_the_exit_code(tmp_path: Path) -> None:
     missing = _run("transform", str(tmp_path / "nope.txt"))
     assert missing.returncode == 1

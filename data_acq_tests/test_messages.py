@@ -6,16 +6,19 @@ import io
 import json
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_acq.messages import (
     encode_record,
     line_blocks,
+    line_spans,
     parse_line,
     read_block,
     read_lines,
     read_records,
+    read_span,
     site_of,
 )
 
@@ -52,6 +55,35 @@ def test_blocks_of_lines_read_as_the_lines_do(
     assert b"".join(block for block, _ in blocks) == data
     assert all(block.endswith(b"\n") for block, _ in blocks[:-1])
     got = [(m.ref, m.topic, m.payload) for b, first in blocks for m in read_block(b, first)]
+    assert got == expected
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"", b"x", b"a/s/u/data\t{}", b"{\r}", b"  ", b"y" * 40]), max_size=30
+    ),
+    st.booleans(),
+    st.integers(min_value=1, max_value=50),
+)
+def test_spans_of_lines_read_as_the_lines_do(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], last_newline: bool, size: int
+) -> None:
+    """Spans of a file cover it exactly, in whole lines, numbered as the file's lines."""
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    path = tmp_path_factory.mktemp("spans") / "input"
+    path.write_bytes(data)
+    expected = [(m.ref, m.topic, m.payload) for m in read_lines(io.BytesIO(data))]
+    with path.open("rb") as stream:
+        spans = list(line_spans(stream, size))
+    bounds = [0] + [stop for _, stop, _ in spans]
+    assert [start for start, _, _ in spans] == bounds[:-1] and bounds[-1] == len(data)
+    assert all(data[stop - 1 : stop] == b"\n" for _, stop, _ in spans[:-1])
+    got = [
+        (m.ref, m.topic, m.payload)
+        for start, stop, first in spans
+        for m in read_span(str(path), start, stop, first)
+    ]
     assert got == expected
 
 

@@ -14,6 +14,7 @@ import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -339,23 +340,29 @@ Source = Callable[[], Iterable[Message]]
 
 
 def _flatten_source(source: Source, pipeline: bool) -> Tables:
-    columns = _filled(source, pipeline)
-    return _tables(columns.frames(), columns.messages, columns.accepted)
+    with _gc_paused():
+        columns = _filled(source, pipeline)
+        return _tables(columns.frames(), columns.messages, columns.accepted)
 
 
 def _filled(source: Source, pipeline: bool) -> _Columns:
     columns = _Columns(pipeline)
-    # A chunk's million new objects (readings, values) hold no reference cycles, so the
-    # collections their allocation would trigger find nothing: a tenth of a worker's time.
+    for message in source():
+        columns.add(message)
+    return columns
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A chunk's million new objects (readings, values) hold no reference cycles, so the
+    collections their allocation would trigger find nothing: a tenth of a worker's time."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for message in source():
-            columns.add(message)
+        yield
     finally:
         if enabled:
             gc.enable()
-    return columns
 
 
 Packed = tuple[dict[str, bytes], int, int]
@@ -365,13 +372,14 @@ def _flatten_packed(source: Source, pipeline: bool) -> Packed:
     """In a worker: the frames as Parquet bytes (lz4) -- a pickled frame of a few million rows
     costs three times as much to hand over, and Parquet reads back faster than Arrow IPC,
     which matters in the one process that reads them all."""
-    columns = _filled(source, pipeline)
-    packed = {}
-    for name, frame in columns.frames().items():
-        buffer = io.BytesIO()
-        frame.write_parquet(buffer, compression="lz4", statistics=False)
-        packed[name] = buffer.getvalue()
-    return packed, columns.messages, columns.accepted
+    with _gc_paused():
+        columns = _filled(source, pipeline)
+        packed = {}
+        for name, frame in columns.frames().items():
+            buffer = io.BytesIO()
+            frame.write_parquet(buffer, compression="lz4", statistics=False)
+            packed[name] = buffer.getvalue()
+        return packed, columns.messages, columns.accepted
 
 
 def _unpack(packed: Packed) -> Tables:
