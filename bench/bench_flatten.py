@@ -15,11 +15,15 @@ message) to a Parquet `readings` table (site, time, vid, device, field, value, v
 Each contender runs in its own subprocess, so its wall time and peak memory are its own: peak
 RSS of the largest single process (`os.wait4`), and the sampled peak of the sum over the
 contender's process and its worker processes. All must produce the same number of rows (and
-the same value checksums), otherwise the run fails loudly with a non-zero exit code.
+the same value checksums), otherwise the run fails loudly with a non-zero exit code. Single
+runs here vary by up to 10 %, so every contender runs `--repeat` rounds (3), each round starting
+with the next contender; the table shows the median and the fastest-slowest range, and the
+project's ratio to the anchor round by round.
 
 Run it from the project root:
 
     .venv/bin/python bench/bench_flatten.py                 # 100 sites x 24 h (144,000 payloads)
+    .venv/bin/python bench/bench_flatten.py --only project,duckdb_from_json --repeat 5
     .venv/bin/python bench/bench_flatten.py --sites 10 --hours 2 --only project,duckdb
     .venv/bin/python bench/bench_flatten.py --keep          # keep the input and outputs
 
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -405,18 +410,33 @@ def fastest_duckdb(results: list[Result]) -> Result | None:
     return min(routes, key=lambda r: r.seconds) if routes else None
 
 
-def print_table(results: list[Result], payloads: int) -> None:
+def summarize(contender: str, runs: list[Result]) -> Result:
+    """One row per contender over its runs: the median times, the largest memory."""
+    return Result(
+        contender,
+        runs[-1].rows,
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.process_seconds for r in runs),
+        max(r.peak_rss_bytes for r in runs),
+        max(r.tree_rss_bytes for r in runs),
+        runs[-1].output,
+    )
+
+
+def print_table(results: list[Result], runs: dict[str, list[Result]], payloads: int) -> None:
     duck = fastest_duckdb(results)
     header = (
-        f"{'contender':<16} {'seconds':>8} {'process s':>9} {'payloads/s':>11} "
+        f"{'contender':<16} {'seconds':>8} {'range s':>11} {'process s':>9} {'payloads/s':>11} "
         f"{'peak RSS MB':>11} {'all procs MB':>12} {'rows':>11} {'vs duckdb':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         ratio = f"{r.seconds / duck.seconds:.2f}" if duck else "-"
+        times = [run.seconds for run in runs[r.contender]]
+        spread = f"{min(times):.2f}-{max(times):.2f}"
         print(
-            f"{r.contender:<16} {r.seconds:>8.2f} {r.process_seconds:>9.2f} "
+            f"{r.contender:<16} {r.seconds:>8.2f} {spread:>11} {r.process_seconds:>9.2f} "
             f"{payloads / r.seconds:>11,.0f} {r.peak_rss_bytes / MIB:>11,.0f} "
             f"{r.tree_rss_bytes / MIB:>12,.0f} {r.rows:>11,} {ratio:>9}"
         )
@@ -429,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="simulator seed (42)")
     parser.add_argument(
         "--only", default=",".join(CONTENDERS), help="comma-separated contenders to run"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every contender; medians reported (3)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the input and outputs")
     # internal: run one contender in this process
@@ -443,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args.contender, args.input, args.output)
         return 0
 
+    if args.repeat < 1:
+        parser.error("--repeat takes a count of 1 or more")
     chosen = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(chosen) - set(CONTENDERS))
     if unknown or not chosen:
@@ -462,20 +487,25 @@ def main(argv: list[str] | None = None) -> int:
         f"file {stats.file_bytes / MIB:,.1f} MB (generated in {stats.seconds:.1f} s)"
     )
 
-    results: list[Result] = []
-    for contender in chosen:
-        output_path = OUT_DIR / f"{stem}.{contender}.parquet"
-        print(f"running {contender} ...", flush=True)
-        result = run_contender(contender, input_path, output_path)
-        print(
-            f"  {contender}: {result.seconds:.2f} s, peak RSS {result.peak_rss_bytes / MIB:,.0f} MB "
-            f"(all processes {result.tree_rss_bytes / MIB:,.0f} MB), {result.rows:,} rows",
-            flush=True,
-        )
-        results.append(result)
+    runs: dict[str, list[Result]] = {c: [] for c in chosen}
+    for round_number in range(args.repeat):
+        # each round starts with the next contender, so none always runs first (or last)
+        start = round_number % len(chosen)
+        for contender in chosen[start:] + chosen[:start]:
+            output_path = OUT_DIR / f"{stem}.{contender}.parquet"
+            print(f"round {round_number + 1}: running {contender} ...", flush=True)
+            result = run_contender(contender, input_path, output_path)
+            print(
+                f"  {contender}: {result.seconds:.2f} s, peak RSS "
+                f"{result.peak_rss_bytes / MIB:,.0f} MB (all processes "
+                f"{result.tree_rss_bytes / MIB:,.0f} MB), {result.rows:,} rows",
+                flush=True,
+            )
+            runs[contender].append(result)
+    results = [summarize(c, runs[c]) for c in chosen]
 
     failed = False
-    row_counts = {r.contender: r.rows for r in results}
+    row_counts = {f"{r.contender} #{i + 1}": r.rows for c in chosen for i, r in enumerate(runs[c])}
     if len(set(row_counts.values())) > 1:
         print(f"\n!!! ROW COUNT MISMATCH !!! {row_counts}")
         failed = True
@@ -491,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checksums agree: {reference}")
 
     print()
-    print_table(results, stats.payloads)
+    print(f"median of {args.repeat} run(s) each; range: fastest-slowest run")
+    print_table(results, runs, stats.payloads)
     by_name = {r.contender: r for r in results}
     project = by_name.get("project")
     if project:
@@ -501,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = project.seconds / anchor.seconds
             verdict = "met" if ratio <= 1.0 else "NOT MET"
             print(f"project / {anchor.contender} time: {ratio:.2f} (target <= 1.0: {verdict})")
+            pairs = zip(runs["project"], runs[anchor.contender], strict=True)
+            print(
+                "  round by round: " + ", ".join(f"{p.seconds / a.seconds:.2f}" for p, a in pairs)
+            )
         if "python" in by_name:
             print(f"project / python time: {project.seconds / by_name['python'].seconds:.2f}")
         verdict = "met" if project.tree_rss_bytes < MEMORY_TARGET_BYTES else "NOT MET"

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import partial
 
 import polars as pl
 
 from data_acq.contract import parse_payload
-from data_acq.curate.flatten import READINGS_SCHEMA, STATUS_SCHEMA, flatten
+from data_acq.curate.flatten import (
+    READINGS_SCHEMA,
+    STATUS_SCHEMA,
+    flatten,
+    iter_flatten_parallel,
+)
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import Message, encode_record, read_records
 from data_acq.pipeline_format import to_pipeline
@@ -147,3 +153,23 @@ def test_pipeline_documents_and_receive_times_ride_along() -> None:
     assert '"P_total":14400,' in row["document"] and '"freq":499.0,' in row["document"]
     assert tables.readings["received_at"].unique().to_list() == [received]
     assert tables.rejects.select("ref", "received_at").rows() == [(1, received)]
+
+
+def test_worker_processes_give_the_tables_one_process_gives() -> None:
+    """Workers hand their tables over in parts (readings as one row per reading plus one per
+    field); joined again they are the serial tables, rejects, statuses and documents included."""
+    received = datetime(2024, 10, 13, 1, 2, 3, tzinfo=UTC)
+    spec = SimulationSpec(sites=5, minutes=60, seed=11, malformed_rate=0.05)
+    lines = [encode_record(topic, body, received) for topic, body in simulate(spec)]
+    lines.insert(7, b"not a raw record\n")
+    chunks = [lines[i : i + 60] for i in range(0, len(lines), 60)]
+    sources = [partial(read_records, chunk, n * 60) for n, chunk in enumerate(chunks)]
+    parallel = list(iter_flatten_parallel(sources, workers=2, pipeline=True))
+    serial = [flatten(source(), pipeline=True) for source in sources]
+    assert len(parallel) == len(serial) == len(chunks) > 2
+    for mine, theirs in zip(parallel, serial, strict=True):
+        for name in ("readings", "status", "rejects", "payloads"):
+            assert getattr(mine, name).equals(getattr(theirs, name)), name
+        assert (mine.messages, mine.accepted) == (theirs.messages, theirs.accepted)
+    assert sum(t.status.height for t in parallel) > 0
+    assert sum(t.rejects.height for t in parallel) > 1

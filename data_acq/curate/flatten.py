@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,19 @@ def _epoch_to_time(column: str) -> pl.Expr:
     return pl.from_epoch(column, time_unit="s").dt.replace_time_zone("UTC").cast(TIME)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A chunk's million new objects (readings, values) hold no reference cycles, so the
+    collections their allocation would trigger find nothing (3-4 % of a worker's CPU time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def iter_flatten(
     messages: Iterable[Message], chunk_size: int = 20_000, pipeline: bool = False
 ) -> Iterator[Tables]:
@@ -309,12 +322,14 @@ def iter_flatten(
     """
     iterator = iter(messages)
     while True:
-        columns = _Columns(pipeline)
-        for message in islice(iterator, chunk_size):
-            columns.add(message)
-        if columns.messages == 0:
-            return
-        yield columns.tables()
+        with _gc_paused():
+            columns = _Columns(pipeline)
+            for message in islice(iterator, chunk_size):
+                columns.add(message)
+            if columns.messages == 0:
+                return
+            tables = columns.tables()
+        yield tables
 
 
 def flatten(
@@ -340,29 +355,7 @@ Source = Callable[[], Iterable[Message]]
 
 
 def _flatten_source(source: Source, pipeline: bool) -> Tables:
-    with _gc_paused():
-        columns = _filled(source, pipeline)
-        return _tables(columns.frames(), columns.messages, columns.accepted)
-
-
-def _filled(source: Source, pipeline: bool) -> _Columns:
-    columns = _Columns(pipeline)
-    for message in source():
-        columns.add(message)
-    return columns
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """A chunk's million new objects (readings, values) hold no reference cycles, so the
-    collections their allocation would trigger find nothing: a tenth of a worker's time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    return flatten(source(), chunk_size=1 << 30, pipeline=pipeline)
 
 
 Packed = tuple[dict[str, bytes], int, int]
@@ -373,7 +366,9 @@ def _flatten_packed(source: Source, pipeline: bool) -> Packed:
     costs three times as much to hand over, and Parquet reads back faster than Arrow IPC,
     which matters in the one process that reads them all."""
     with _gc_paused():
-        columns = _filled(source, pipeline)
+        columns = _Columns(pipeline)
+        for message in source():
+            columns.add(message)
         packed = {}
         for name, frame in columns.frames().items():
             buffer = io.BytesIO()
@@ -397,14 +392,16 @@ def iter_flatten_parallel(
     """The tables of each source (a picklable callable giving messages: lines to read, raw
     objects to fetch), in order, made by `workers` processes at once -- parsing is Python's
     work, and one interpreter uses one core. Memory is bounded by the sources in flight."""
-    if workers <= 1:
-        for source in sources:
+    remaining = iter(sources)
+    first = list(islice(remaining, 2))
+    if workers <= 1 or len(first) < 2:  # for one source, starting processes is all cost
+        for source in chain(first, remaining):
             yield _flatten_source(source, pipeline)
         return
     # spawn, not fork: Polars' thread pool does not survive a fork
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         in_flight: deque[Future[Packed]] = deque()
-        for source in sources:
+        for source in chain(first, remaining):
             in_flight.append(pool.submit(_flatten_packed, source, pipeline))
             if len(in_flight) > 2 * workers:
                 yield _unpack(in_flight.popleft().result())
