@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from functools import partial
 
@@ -164,7 +165,9 @@ def test_worker_processes_give_the_tables_one_process_gives() -> None:
     lines.insert(7, b"not a raw record\n")
     chunks = [lines[i : i + 60] for i in range(0, len(lines), 60)]
     sources = [partial(read_records, chunk, n * 60) for n, chunk in enumerate(chunks)]
+    allocator = os.environ.get("_RJEM_MALLOC_CONF")  # workers get their own; put back after
     parallel = list(iter_flatten_parallel(sources, workers=2, pipeline=True))
+    assert os.environ.get("_RJEM_MALLOC_CONF") == allocator
     serial = [flatten(source(), pipeline=True) for source in sources]
     assert len(parallel) == len(serial) == len(chunks) > 2
     for mine, theirs in zip(parallel, serial, strict=True):
