@@ -13,6 +13,8 @@ import sys
 import termios
 import time
 from datetime import UTC, datetime
+from importlib import import_module
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from data_acq.cli import build_parser
@@ -84,3 +86,18 @@ def test_progress_bars_on_a_terminal_with_totals_and_rates_and_none_in_a_pipe(
     )
     assert piped.returncode == 0, piped.stderr
     assert "%|" not in piped.stderr and "/s]" not in piped.stderr  # no bar
+
+
+def test_the_command_script_imports_no_command_line_until_it_runs() -> None:
+    """multiprocessing (`spawn`) runs the `data-acq` script again in every worker process of
+    `transform`, as `__mp_main__`; the workers need none of the command line's dependencies."""
+    [entry] = [e for e in entry_points(group="console_scripts") if e.name == "data-acq"]
+    module, _, function = entry.value.partition(":")
+    probe = (
+        f"import runpy, sys; runpy.run_module({module!r}, run_name='__mp_main__'); "
+        "print(sorted(m for m in ('data_acq.cli', 'boto3', 'duckdb', 'paho') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == "[]"
+    assert callable(getattr(import_module(module), function))
