@@ -9,9 +9,15 @@ import sys
 
 
 def main() -> int:
-    from data_acq.cli import main as run
+    """Run the command; Ctrl-C ends it with the shell's code for an interrupt (130), without
+    a traceback, whenever it comes (commands that stop gracefully handle it themselves)."""
+    try:
+        from data_acq.cli import main as run
 
-    return run()
+        return run()
+    except KeyboardInterrupt:
+        print("data-acq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

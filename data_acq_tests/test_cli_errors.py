@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +48,20 @@ def test_transform_with_stdin_closed() -> None:
     result = _run(["transform"], stdin=None, preexec_fn=lambda: os.close(0))
     assert result.returncode == 2
     assert "standard input is closed" in _one_clear_line(result, "transform")
+
+
+@pytest.mark.parametrize("after", [0.2, 2.0])  # while the command line imports; while it reads
+def test_ctrl_c_ends_a_command_with_code_130_and_no_traceback(after: float) -> None:
+    command = [sys.executable, "-m", "data_acq", "transform"]  # as the `data-acq` script runs
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as proc:
+        time.sleep(after)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "data-acq: interrupted"
+    assert b"Traceback" not in err
 
 
 def test_a_date_that_does_not_exist_is_a_usage_error() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 
 import polars as pl
+import pytest
 
 from data_acq.contract import parse_payload
 from data_acq.curate.flatten import (
@@ -15,6 +18,7 @@ from data_acq.curate.flatten import (
     STATUS_SCHEMA,
     flatten,
     iter_flatten_parallel,
+    write_parquet,
 )
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import Message, encode_record, read_records
@@ -176,3 +180,24 @@ def test_worker_processes_give_the_tables_one_process_gives() -> None:
         assert (mine.messages, mine.accepted) == (theirs.messages, theirs.accepted)
     assert sum(t.status.height for t in parallel) > 0
     assert sum(t.rejects.height for t in parallel) > 1
+
+
+def test_a_failed_parquet_write_leaves_no_file_under_the_name(tmp_path: Path) -> None:
+    """A transform that fails or is interrupted midway must not leave a truncated file that
+    looks like its output; an earlier complete file stays as it was."""
+    frame = flatten(_messages(SimulationSpec(sites=2, minutes=5, seed=3))).readings
+    out = tmp_path / "readings.parquet"
+
+    def failing() -> Iterator[pl.DataFrame]:
+        yield frame
+        raise OSError("the input went away")
+
+    with pytest.raises(OSError, match="went away"):
+        write_parquet(failing(), out, READINGS_SCHEMA)
+    assert list(tmp_path.iterdir()) == []
+    assert write_parquet([frame, frame], out, READINGS_SCHEMA) == 2 * frame.height
+    assert pl.read_parquet(out).height == 2 * frame.height
+    with pytest.raises(OSError, match="went away"):
+        write_parquet(failing(), out, READINGS_SCHEMA)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert pl.read_parquet(out).height == 2 * frame.height

@@ -439,7 +439,11 @@ def _worker_environment() -> Iterator[None]:
 
 def write_parquet(frames: Iterable[pl.DataFrame], path: Path, schema: pl.Schema) -> int:
     """Stream frames into one Parquet file without holding them all; returns the row count.
-    (Polars' streaming writer: it compresses in parallel, twice as fast as pyarrow's here.)"""
+    (Polars' streaming writer: it compresses in parallel, twice as fast as pyarrow's here.)
+
+    The file is written beside `path` and renamed to it once complete, so a write that fails
+    or is interrupted leaves no truncated file under that name (a special file such as
+    /dev/stdout is written directly)."""
     rows = 0
 
     def batches(*_: object) -> Iterator[pl.DataFrame]:
@@ -448,5 +452,14 @@ def write_parquet(frames: Iterable[pl.DataFrame], path: Path, schema: pl.Schema)
             rows += frame.height
             yield frame
 
-    register_io_source(io_source=batches, schema=schema).sink_parquet(path, compression="zstd")
+    source = register_io_source(io_source=batches, schema=schema)
+    if path.exists() and not path.is_file():
+        source.sink_parquet(path, compression="zstd")
+        return rows
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        source.sink_parquet(partial, compression="zstd")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     return rows
