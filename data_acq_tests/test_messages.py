@@ -37,18 +37,22 @@ def test_lines_with_and_without_topic() -> None:
     assert bare.topic is None and bare.payload == b'{"t":\t1}'
 
 
-@given(
+# input files: blank lines, a bare `\r` (not a line end), lines longer than a block or span;
+# with or without a last newline; blocks and spans of 1 to 50 bytes
+LINES = given(
     st.lists(
         st.sampled_from([b"", b"x", b"a/s/u/data\t{}", b"{\r}", b"  ", b"y" * 40]), max_size=30
     ),
     st.booleans(),
     st.integers(min_value=1, max_value=50),
 )
+
+
+@LINES
 def test_blocks_of_lines_read_as_the_lines_do(
     lines: list[bytes], last_newline: bool, size: int
 ) -> None:
-    """Whatever the block size, blocks hold whole lines and number them as the stream does:
-    blank lines counted, a line longer than a block kept whole, a bare `\\r` not a line end."""
+    """Whatever the block size, blocks hold whole lines and number them as the stream does."""
     data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
     expected = [(m.ref, m.topic, m.payload) for m in read_lines(io.BytesIO(data))]
     blocks = list(line_blocks(io.BytesIO(data), size))
@@ -59,13 +63,7 @@ def test_blocks_of_lines_read_as_the_lines_do(
 
 
 @settings(deadline=None)
-@given(
-    st.lists(
-        st.sampled_from([b"", b"x", b"a/s/u/data\t{}", b"{\r}", b"  ", b"y" * 40]), max_size=30
-    ),
-    st.booleans(),
-    st.integers(min_value=1, max_value=50),
-)
+@LINES
 def test_spans_of_lines_read_as_the_lines_do(
     tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], last_newline: bool, size: int
 ) -> None:
