@@ -3,7 +3,8 @@
 The route is chosen for speed (see docs/performance.md): msgspec decodes and type-checks each
 payload in C; one tight loop per payload *reading* (not per field) extends flat column buffers;
 Polars does the rest as column operations. No schema is inferred, so a field that first appears
-deep in a batch is kept like any other.
+deep in a batch is kept like any other. Large inputs go to worker processes, one per core, each
+reading its own share (a span of a file, raw objects) and handing back Parquet bytes.
 """
 
 from __future__ import annotations
