@@ -282,7 +282,7 @@ def _as_text(value: Any) -> str | None:
         return value
     if value.__class__ is bool:
         return "true" if value else "false"
-    return None  # null, or the `_s` list (dropped with the other `_`-keys)
+    return None  # null (`_`-keys, `_s` among them, are not looked at)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -325,13 +325,18 @@ def iter_flatten(
     iterator = iter(messages)
     while True:
         with _gc_paused():
-            columns = _Columns(pipeline)
-            for message in islice(iterator, chunk_size):
-                columns.add(message)
+            columns = _filled(islice(iterator, chunk_size), pipeline)
             if columns.messages == 0:
                 return
             tables = columns.tables()
         yield tables
+
+
+def _filled(messages: Iterable[Message], pipeline: bool) -> _Columns:
+    columns = _Columns(pipeline)
+    for message in messages:
+        columns.add(message)
+    return columns
 
 
 def flatten(
@@ -368,9 +373,7 @@ def _flatten_packed(source: Source, pipeline: bool) -> Packed:
     costs three times as much to hand over, and Parquet reads back faster than Arrow IPC,
     which matters in the one process that reads them all."""
     with _gc_paused():
-        columns = _Columns(pipeline)
-        for message in source():
-            columns.add(message)
+        columns = _filled(source(), pipeline)
         packed = {}
         for name, frame in columns.frames().items():
             buffer = io.BytesIO()
