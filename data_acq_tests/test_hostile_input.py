@@ -56,6 +56,9 @@ POISON = [
     b'{"t": %d, "r": [{"_vid": "a\\ud800", "P": 1}, {"_vid": "b", "\\udc00": 2}]}' % T0,
     b'{"t": %d, "r": [], "m": {"n": %s}}' % (T0, HUGE),
     b'{"t": %d, "r": [], "m": "%s"}' % (T0, b"x" * (1 << 20)),  # beyond the size limit
+    # a `_s` that is no array, beside an array of objects where a value belongs: the `[` count
+    # matches the status arrays', and the array must still be found
+    b'{"t": %d, "r": [{"_vid": "a", "_s": 5}, {"_vid": "b", "x": [{}]}]}' % T0,
 ]
 
 
@@ -107,6 +110,11 @@ def test_poison_and_odd_site_ids_through_the_whole_pipeline(tmp_path: Path) -> N
         rejects = con.execute(
             "select reason from rejects where site = 'poison' and time is null"
         ).fetchall()
+        skipped = dict(
+            con.execute(
+                "select path, reason from rejects where site = 'poison' and path like '$.r[_]%'"
+            ).fetchall()
+        )
     # every valid message under its own site id, byte for byte: 2 fields a minute
     assert {site: per_site[site] for site in SITES} == {site: 2 * minutes for site in SITES}
     assert energy.keys() >= set(SITES) and all(energy[s] == 10 * (minutes - 1) for s in SITES)
@@ -115,6 +123,8 @@ def test_poison_and_odd_site_ids_through_the_whole_pipeline(tmp_path: Path) -> N
     assert len(reasons) == 7  # payloads rejected whole; the others lost only their bad parts
     assert sum("nested more than 64 levels deep" in r for r in reasons) == 3
     assert any("not UTF-8" in r for r in reasons) and any("t=" in r for r in reasons)
+    assert skipped["$.r[0]._s"] == "_s is an integer, expected an array"
+    assert skipped["$.r[1].x"] == "value is an array, expected a scalar"
 
     payloads = pl.read_parquet(store.root / CURATED / "pipeline_payloads" / "**" / "*.parquet")
     for site in SITES:
