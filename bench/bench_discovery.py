@@ -50,7 +50,7 @@ def timed(function: object, repeat: int = 3) -> tuple[float, object]:
 
 
 def local(count: int) -> None:
-    from data_acq.curate.staging import Cursor, new_raw_keys
+    from data_acq.curate.cursor import Cursor, new_raw_keys
     from data_acq.layout import RAW
     from data_acq.storage import LocalStore
 
@@ -79,7 +79,7 @@ def free_port() -> int:
 def s3(count: int, endpoint: str) -> None:
     import boto3
 
-    from data_acq.curate.staging import Cursor, new_raw_keys
+    from data_acq.curate.cursor import Cursor, new_raw_keys
     from data_acq.layout import RAW
     from data_acq.storage import S3Store
 

@@ -104,7 +104,8 @@ def generate(root: Path, sites: int, hours: float, seed: int) -> dict[str, Any]:
 def child_project(root: Path) -> dict[str, Any]:
     """The processing sequence of `data_acq.pipeline.process`, in one process (its memory is
     one task's), each step timed."""
-    from data_acq.curate.staging import MAX_OBJECTS, new_raw_keys, stage
+    from data_acq.curate.cursor import new_raw_keys
+    from data_acq.curate.staging import MAX_OBJECTS, stage
     from data_acq.curate.units import pending_units
     from data_acq.curate.warehouse import refresh_warehouse
     from data_acq.pipeline import refresh_units

@@ -3,7 +3,9 @@
 ```
 raw/date=D/hour=H/<first receive time>-<client>-<random>.ndjson.gz   exact bytes (acquire.raw)
 staging/<table>/date=D/bucket=BB/hour=HH/<batch>-<chunk>.parquet     flattened, by measurement hour
+state/layout.json                                                     the bucket count data is filed by
 state/cursor.json                                                     raw objects staged so far
+state/staged/date=D/<batch>.json                                      the raw objects a batch staged
 state/pending/date=D/bucket=BB/<batch>.hours-HH-HH                    hours a batch left to build
 state/partials/<kind>/date=D/bucket=BB.parquet                        per-hour partial aggregates
 state/sqs_sent/date=D/bucket=BB/HH.parquet                            documents sent to SQS
@@ -29,6 +31,8 @@ RAW = "raw/"
 STAGING = "staging/"
 STATE = "state/"
 CURSOR = f"{STATE}cursor.json"
+LAYOUT = f"{STATE}layout.json"
+JOURNAL = f"{STATE}staged/"
 PENDING = f"{STATE}pending/"
 CURATED = "curated/"
 HOURLY_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects", "readings_15min")
@@ -58,6 +62,16 @@ def staging_key(
     table: str, day: date | None, bucket: int, hour: int, batch: str, chunk: int
 ) -> str:
     return f"{STAGING}{table}/{unit_folder(day, bucket)}hour={hour:02d}/{batch}-{chunk:04d}.parquet"
+
+
+def batch_of(key: str) -> str:
+    """The staging batch of a staging key (`<batch>-<chunk>.parquet`)."""
+    return key.rsplit("/", 1)[1].rsplit("-", 1)[0]
+
+
+def journal_key(batch: str) -> str:
+    """A batch's journal entry, filed by the date it was staged (its name begins with it)."""
+    return f"{JOURNAL}date={batch[:4]}-{batch[4:6]}-{batch[6:8]}/{batch}.json"
 
 
 def staged_hour(key: str) -> int:

@@ -16,13 +16,14 @@ from functools import partial
 from multiprocessing import get_context
 from typing import Any
 
+from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.feed import send_new_documents
 from data_acq.curate.staging import (
     CHUNK_MESSAGES,
     DEFAULT_BUCKETS,
     MAX_OBJECTS,
     StageResult,
-    new_raw_keys,
+    check_buckets,
     stage,
 )
 from data_acq.curate.units import Unit, UnitResult, pending_units, refresh_unit, staged_units
@@ -60,14 +61,23 @@ def refresh(
     queue_url: str | None = None,
     progress: Progress | None = None,
 ) -> UnitResult:
-    """Refresh one unit, then send the documents of the hours it rebuilt that are new."""
-    result = refresh_unit(store, day, bucket, full=full, progress=progress)
-    if queue_url:
+    """Refresh one unit and send the documents of the hours it rebuilt that are new, before the
+    unit's pending markers are removed: a failed send leaves the unit pending (at least once)."""
+
+    def feed(result: UnitResult) -> None:
         sent = send_new_documents(store, day, bucket, result.hours, sqs_client(), queue_url)
         result.sent_to_queue = sent.sent
         if sent.refused:
             log.warning("%s: SQS refused %d documents (too large)", result.partition, sent.refused)
-    return result
+
+    return refresh_unit(
+        store,
+        day,
+        bucket,
+        full=full,
+        progress=progress,
+        before_clearing=feed if queue_url else None,
+    )
 
 
 def _refresh_opened(opener: Opener, unit: Unit, full: bool, queue_url: str | None) -> UnitResult:
@@ -125,6 +135,7 @@ def process(
     """Stage whatever raw holds that is new, refresh every unit with pending hours (those just
     staged, and those a killed run left) and every unit of `dates` in full, then the warehouse."""
     store.check()
+    check_buckets(store, buckets)
     if opener is None and isinstance(store, LocalStore):
         opener = partial(LocalStore, store.root)
     staged = None

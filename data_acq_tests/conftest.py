@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.settings import BrokerSettings
@@ -161,6 +162,9 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
         monkeypatch.setenv(name, value)
     s3 = MotoS3(free_port())
     s3.start()
+    # moto keeps its state in the process, across servers (a restart keeps the buckets): each
+    # test starts from nothing
+    requests.post(f"{s3.endpoint}/moto-api/reset", timeout=10).raise_for_status()
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     try:
         yield s3

@@ -24,7 +24,7 @@ from data_acq.curate.aggregates import (
     energy_daily,
     energy_partials,
 )
-from data_acq.curate.units import UnitResult, preview_rows
+from data_acq.curate.units import PREVIEW_ROWS, UnitResult, preview_rows
 from data_acq.curate.warehouse import connect_s3
 from data_acq.devtools.local_broker import LocalMosquitto
 from data_acq.devtools.simulate import SimulationSpec, simulate
@@ -168,7 +168,7 @@ def test_a_late_backlog_refreshes_exactly_its_dates(tmp_path: Path) -> None:
     _put_raw(store, list(simulate(backlog)), datetime(2024, 10, 15, 2, 5, tzinfo=UTC))
     second = process(store)
     assert second.staged is not None
-    assert sorted(second.staged.dates) == [date(2024, 10, 12), date(2024, 10, 13)]
+    assert sorted({d for d, _ in second.staged.units}) == [date(2024, 10, 12), date(2024, 10, 13)]
     assert second.dates == [date(2024, 10, 12), date(2024, 10, 13)]
     assert {f: f.stat().st_mtime_ns for f in today_files} == stamps  # 10-15 untouched
     again = process(store)  # nothing new: nothing to do
@@ -274,8 +274,8 @@ def test_a_preview_does_not_keep_the_frame_it_was_cut_from_alive() -> None:
         frame = frame.with_columns(site=pl.col("value").cast(pl.String))
         kept.append(preview_rows(frame))
         del frame
-    assert [p.height for p in kept] == [5] * 6
-    assert kept[-1]["site"].to_list() == ["0", "1", "2", "3", "4"]
+    assert [p.height for p in kept] == [PREVIEW_ROWS] * 6
+    assert kept[-1]["site"].to_list() == [str(n) for n in range(PREVIEW_ROWS)]
     assert rss_mib() - before < 250
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from data_acq.acquire.raw import encode_object, raw_key
-from data_acq.curate.staging import LOOKBACK, Cursor, new_raw_keys, stage
+from data_acq.curate.cursor import LOOKBACK, Cursor, new_raw_keys
+from data_acq.curate.staging import stage
 from data_acq.messages import encode_record
 from data_acq.storage import LocalStore, ObjectStore, S3Store
 from data_acq_tests.conftest import MotoS3
@@ -88,13 +89,15 @@ def test_on_s3_nothing_new_is_one_listing_request(moto_s3: MotoS3) -> None:
     keys = _history(store, 1_200, timedelta(seconds=20))  # more than one listing page
     calls: list[str] = []
     client.meta.events.register(  # type: ignore[attr-defined]
-        "before-call.s3.ListObjectsV2", lambda **kwargs: calls.append("list")
+        "provide-client-params.s3.ListObjectsV2", lambda params, **_: calls.append(params["Prefix"])
     )
-    assert len(new_raw_keys(store)) == 1_200 and len(calls) == 2  # without a cursor: all pages
+    assert len(new_raw_keys(store)) == 1_200
+    # without a cursor: all pages of raw, and one look for a journal to rebuild it from
+    assert calls == ["acq/state/staged/", "acq/raw/", "acq/raw/"]
     Cursor().advanced(keys).save(store)
     calls.clear()
     assert new_raw_keys(store) == []
-    assert calls == ["list"]
+    assert calls == ["acq/raw/"]
 
 
 def test_a_backlog_is_staged_in_bounded_batches(

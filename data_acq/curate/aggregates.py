@@ -184,7 +184,8 @@ def completeness_daily(
     partials: pl.DataFrame, day: date, now: datetime | None = None
 ) -> pl.DataFrame:
     """Per site: payloads expected at one a minute (so far, for today), received, ratio, and
-    the gaps of five minutes or more, from the day's hourly partials (with an `hour` column)."""
+    the gaps of five minutes or more, from the day's hourly partials (with an `hour` column).
+    The ratio is null for a day that has not begun (nothing is expected yet)."""
     now = now or datetime.now(UTC)
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = min(start + timedelta(days=1), max(now, start))
@@ -215,7 +216,11 @@ def completeness_daily(
         .with_columns(
             date=pl.lit(day),
             expected=pl.lit(expected, dtype=pl.Int64),
-            ratio=(pl.col("received") / max(expected, 1)).round(4),
+            # received / expected, within 0..1: a day not begun has no ratio, and payloads
+            # stamped ahead of the clock do not make a day more than complete
+            ratio=pl.min_horizontal(pl.col("received") / expected, 1.0).round(4)
+            if expected
+            else pl.lit(None, pl.Float64),
             largest_gap_minutes=pl.col("gaps")
             .list.eval(pl.element().struct.field("minutes"))
             .list.max()

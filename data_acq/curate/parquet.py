@@ -6,7 +6,16 @@ import io
 
 import polars as pl
 
-from data_acq.storage import ObjectStore
+from data_acq.storage import ObjectStore, StorageError
+
+
+class DamagedObject(StorageError):
+    """An object that is not readable Parquet (truncated, emptied): the message names it."""
+
+    def __init__(self, store: ObjectStore, key: str, why: str) -> None:
+        super().__init__(f"{store.url(key)} is not a readable Parquet file ({why})")
+        self.key = key
+        self.why = why
 
 
 def to_parquet(frame: pl.DataFrame) -> bytes:
@@ -15,18 +24,26 @@ def to_parquet(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def _parsed(store: ObjectStore, key: str, data: bytes) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as exc:
+        raise DamagedObject(store, key, str(exc).splitlines()[0] or type(exc).__name__) from None
+
+
 def read_parquet(store: ObjectStore, key: str) -> pl.DataFrame | None:
     """The object's table, or None when there is no such object."""
     try:
-        return pl.read_parquet(io.BytesIO(store.get(key)))
+        data = store.get(key)
     except FileNotFoundError:
         return None
+    return _parsed(store, key, data)
 
 
 def read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
     """Every Parquet object under `prefix`, in key order."""
     return [
-        pl.read_parquet(io.BytesIO(store.get(key)))
+        _parsed(store, key, store.get(key))
         for key in store.list_keys(prefix)
         if key.endswith(".parquet")
     ]

@@ -1,32 +1,29 @@
-"""Step 1 of processing: find the raw objects not staged yet, and stage them.
-
-Discovery costs what is new. Raw keys sort by the time their first message arrived, so a
-cursor (`state/cursor.json`) keeps the latest time staged and the keys staged within a look-back
-window before it; the next listing starts at the window (S3's StartAfter), never at the
-beginning of history, and reads no index. The window covers objects written a little after
-their name's time (a batch is at most seconds old when written, a write retried for seconds
-more; another drain's clock may be a little behind).
+"""Step 1 of processing: stage the raw objects not staged yet (data_acq.curate.cursor finds them).
 
 Staging flattens the objects and files each table under its unit (measurement date and bucket
 of sites) and measurement hour. Then it leaves a pending marker per unit naming the hours it
-touched, and only then advances the cursor: a crash in between stages the objects again (the
-duplicates go like redeliveries), never forgets a unit.
+touched, records the batch's raw keys in the journal, and only then advances the cursor: a crash
+in between stages the objects again (the duplicates go like redeliveries), never forgets a unit.
+
+Everything derived is filed by bucket, so the bucket count is part of the stored data
+(`state/layout.json`): staging with another count is refused until the data is rebuilt.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import partial
-from itertools import islice
 
 import polars as pl
 
 from data_acq import layout
-from data_acq.acquire.raw import BATCH_MESSAGES, key_time, read_raw
+from data_acq.acquire.raw import BATCH_MESSAGES, read_raw
+from data_acq.curate.cursor import Cursor, StateError, journal_keys, write_journal
 from data_acq.curate.flatten import iter_flatten, iter_flatten_parallel
 from data_acq.curate.parquet import to_parquet
 from data_acq.messages import Message
@@ -34,63 +31,42 @@ from data_acq.progress import Progress
 from data_acq.sites import bucket_of
 from data_acq.storage import ObjectStore
 
-LOOKBACK = timedelta(minutes=15)
-DEFAULT_BUCKETS = 32
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = 1
 # raw objects one staging takes on (a drain object holds up to 5,000 messages): a backlog is
 # staged in runs of bounded length, each moving the cursor, rather than in one endless run
 MAX_OBJECTS = 1_000
+REBUILD = "docs/deploy.md#change-buckets"
 
 
-@dataclass
-class Cursor:
-    """The latest raw key time staged, and the keys staged within LOOKBACK of it."""
-
-    watermark: datetime | None = None
-    seen: set[str] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, store: ObjectStore) -> Cursor:
-        try:
-            state = json.loads(store.get(layout.CURSOR))
-        except FileNotFoundError:
-            return cls()
-        return cls(datetime.fromisoformat(state["watermark"]), set(state["seen"]))
-
-    def start_after(self) -> str:
-        """The listing starts here: the first key name of the look-back window."""
-        if self.watermark is None:
-            return ""
-        t = self.watermark - LOOKBACK
-        return f"{layout.RAW}date={t:%Y-%m-%d}/hour={t:%H}/{t:%Y%m%dT%H%M%S%fZ}"
-
-    def advanced(self, keys: list[str]) -> Cursor:
-        times = [t for t in map(key_time, keys) if t is not None]
-        if not times:
-            return self
-        watermark = max([*times, *([self.watermark] if self.watermark else [])])
-        keep = watermark - LOOKBACK
-        seen = {k for k in self.seen | set(keys) if (key_time(k) or watermark) >= keep}
-        return Cursor(watermark, seen)
-
-    def save(self, store: ObjectStore) -> None:
-        if self.watermark is None:  # nothing staged yet
-            return
-        state = {"watermark": self.watermark.isoformat(), "seen": sorted(self.seen)}
-        store.put(layout.CURSOR, json.dumps(state, indent=1).encode())
+def recorded_buckets(store: ObjectStore) -> int | None:
+    """The bucket count the store's derived data is filed by (None before the first staging)."""
+    try:
+        text = store.get(layout.LAYOUT)
+    except FileNotFoundError:
+        return None
+    try:
+        return int(json.loads(text)["buckets"])
+    except (ValueError, KeyError, TypeError):
+        raise StateError(
+            f'{store.url(layout.LAYOUT)} is unreadable: write {{"buckets": N}} into it with '
+            f"the DATA_ACQ_BUCKETS the data was processed with, or rebuild ({REBUILD})"
+        ) from None
 
 
-def new_raw_keys(
-    store: ObjectStore, cursor: Cursor | None = None, limit: int | None = None
-) -> list[str]:
-    """Raw objects not staged yet, oldest first (at most `limit`), listing only from the
-    look-back window on."""
-    cursor = cursor or Cursor.load(store)
-    new = (
-        key
-        for key in store.list_keys(layout.RAW, start_after=cursor.start_after())
-        if key.endswith(".ndjson.gz") and key not in cursor.seen
-    )
-    return list(islice(new, limit))
+def check_buckets(store: ObjectStore, buckets: int) -> None:
+    """Refuse another bucket count than the one the store's data is filed by: sites would move
+    to other buckets and every daily aggregate would count them twice. The first staging
+    records it."""
+    recorded = recorded_buckets(store)
+    if recorded is None:
+        store.put(layout.LAYOUT, json.dumps({"buckets": buckets}).encode())
+    elif recorded != buckets:
+        raise StateError(
+            f"{store.url()} holds data processed with DATA_ACQ_BUCKETS={recorded}, not {buckets}: "
+            f"set it back, or rebuild the derived data for the new count ({REBUILD})"
+        )
 
 
 @dataclass
@@ -102,10 +78,6 @@ class StageResult:
     rejects: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     units: dict[tuple[date, int], set[int]] = field(default_factory=dict)  # -> hours touched
-
-    @property
-    def dates(self) -> set[date]:
-        return {day for day, _ in self.units}
 
     def merged(self, other: StageResult) -> StageResult:
         """Both stagings' figures together (a backlog staged in several batches)."""
@@ -152,6 +124,7 @@ def stage(
     the cursor past the keys. With `workers` > 1, that many processes flatten at once (each
     reading its raw objects through its own store from `opener`): worth it for a backlog,
     not for a live tick, whose few objects take less than starting a process."""
+    check_buckets(store, buckets)
     cursor = Cursor.load(store)
     result = StageResult(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}")
     result.raw_objects = len(keys)
@@ -209,5 +182,27 @@ def stage(
             progress("raw objects staged", min(opened, len(keys)), len(keys), "objects")
     for (day, bucket), hours in sorted(result.units.items()):
         store.put(layout.pending_key(day, bucket, result.batch, hours), b"")
+    write_journal(store, result.batch, keys)
     cursor.advanced(keys).save(store)  # last: until now, the keys still look new
+    return result
+
+
+def restage_damaged(store: ObjectStore, key: str, why: str) -> StageResult:
+    """Stage again the raw objects of a damaged staging file's batch (the journal names them),
+    then remove the file: its rows come back, the rest of the batch's rows twice (removed like
+    redeliveries). Without a journal entry, one line names the file and the repair."""
+    batch = layout.batch_of(key)
+    keys = journal_keys(store, batch)
+    if not keys:
+        raise StateError(
+            f"staging file {store.url(key)} is unreadable ({why}) and the journal does not say "
+            "which raw objects it came from: delete it, then stage all of raw again (delete "
+            f"{layout.CURSOR} and {layout.JOURNAL}; duplicates are removed) and process its date "
+            "with `data-acq process --date`"
+        )
+    log.warning(
+        "staging file %s is unreadable (%s): staging its %d raw objects again", key, why, len(keys)
+    )
+    result = stage(store, keys, recorded_buckets(store) or DEFAULT_BUCKETS)
+    store.delete([key])
     return result

@@ -10,7 +10,7 @@ crash anywhere leaves them, and the unit is refreshed again, to the same result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -19,7 +19,8 @@ import polars as pl
 from data_acq import layout
 from data_acq.curate import aggregates
 from data_acq.curate.flatten import REJECT_KEY
-from data_acq.curate.parquet import read_parquet, read_parquets, to_parquet
+from data_acq.curate.parquet import DamagedObject, read_parquet, read_parquets, to_parquet
+from data_acq.curate.staging import restage_damaged
 from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
@@ -27,12 +28,14 @@ READING_KEY = ("site", "time", "vid", "device", "field")
 PAYLOAD_KEY = ("site", "time", "document")
 STAGED_TABLES = ("readings", "device_status", "pipeline_payloads", "rejects")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # logger clocks ahead of the receiver by more are wrong
-PREVIEW_ROWS = 5
+PREVIEW_ROWS = 3  # a preview is kept in Dagster's database with every report
 HOUR_STATS = pl.Schema(
     {
         "hour": pl.Int64,
         "staged_readings": pl.Int64,
         "readings": pl.Int64,
+        # readings dropped because an earlier-received one had the same key but another value
+        "conflicts": pl.Int64,
         "duplicates_left": pl.Int64,  # counted in the file written, read back from storage
         "accepted_payloads": pl.Int64,
         "rejected_payloads": pl.Int64,  # rejected whole
@@ -55,14 +58,17 @@ class UnitResult:
     hours: list[int] = field(default_factory=list)  # rebuilt by this refresh
     rows: dict[str, int] = field(default_factory=dict)  # written by this refresh
     readings: int = 0
-    duplicates_removed: int = 0
+    duplicates_removed: int = 0  # redeliveries: the same reading received again
+    conflicts: int = 0  # same key, another value: the first received is kept, these dropped
     duplicates_left: int = 0  # in the unit's files, read back: must be 0
     stray_files: dict[str, int] = field(default_factory=dict)  # files no refresh wrote: rows
     accepted_payloads: int = 0
     rejected_payloads: int = 0
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
     max_lag_s: float | None = None  # longest delay from measurement to receipt
-    completeness: dict[str | None, float] = field(default_factory=dict)  # site -> ratio
+    completeness: dict[str | None, float | None] = field(
+        default_factory=dict
+    )  # site -> ratio (None: day not begun)
     last_payload: dict[str | None, datetime] = field(default_factory=dict)  # site -> latest
     sent_to_queue: int | None = None  # documents the feed sent after this refresh
     table_rows: dict[str, int] = field(default_factory=dict)  # each table's rows, the whole day
@@ -131,10 +137,14 @@ def refresh_unit(
     full: bool = False,
     progress: Progress | None = None,
     now: datetime | None = None,
+    before_clearing: Callable[[UnitResult], None] | None = None,
 ) -> UnitResult:
     """Rebuild the unit's pending hours (every staged hour when `full`, or when nothing is
     pending: a rebuild asked for by hand), its daily tables, and the next day's energy, whose
-    first interval starts in this day."""
+    first interval starts in this day.
+
+    `before_clearing` runs once everything is written and before the pending markers go (the
+    SQS feed): if it fails, the unit stays pending and its next refresh does it again."""
     markers = list(store.list_keys(layout.pending_prefix(day, bucket)))
     hours: set[int] = set().union(*(layout.pending_hours(m) for m in markers))
     if full or not hours:
@@ -170,6 +180,8 @@ def refresh_unit(
     _refresh_next_days_energy(store, day, bucket, energy)
     result.stray_files = _stray_files(store, day, bucket)
     _sum_stats(stats, result)
+    if before_clearing is not None:
+        before_clearing(result)
     store.delete(markers)  # only now is every batch that touched the unit done
     return result
 
@@ -177,7 +189,18 @@ def refresh_unit(
 def _staged(
     store: ObjectStore, table: str, day: date, bucket: int, hour: int
 ) -> pl.DataFrame | None:
-    frames = read_parquets(store, layout.staging_prefix(table, day, bucket, hour))
+    """The hour's staged rows; a damaged staging file is staged again from its raw objects."""
+    prefix = layout.staging_prefix(table, day, bucket, hour)
+    repaired: set[str] = set()
+    while True:
+        try:
+            frames = read_parquets(store, prefix)
+            break
+        except DamagedObject as exc:
+            if exc.key in repaired:  # staged again and still unreadable: give up, say which
+                raise
+            restage_damaged(store, exc.key, exc.why)
+            repaired.add(exc.key)
     return pl.concat(frames, how="vertical_relaxed") if frames else None
 
 
@@ -186,6 +209,19 @@ def first_received(frame: pl.DataFrame, key: Iterable[str]) -> pl.DataFrame:
     return frame.sort("received_at", nulls_last=True).unique(
         subset=list(key), keep="first", maintain_order=True
     )
+
+
+def _readings_once(staged: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """One reading per key, the first received, and how many conflicting versions were dropped.
+
+    A redelivery (or a re-staging) repeats a reading's value; a logger whose clock jumped back
+    sends another value under a key it used before. Both lose to the first received reading,
+    but only the second is counted as a conflict (the `conflicting_readings` check)."""
+    versions = staged.sort("received_at", nulls_last=True).unique(
+        subset=[*READING_KEY, "value", "value_text"], keep="first", maintain_order=True
+    )
+    once = versions.unique(subset=list(READING_KEY), keep="first", maintain_order=True)
+    return once, versions.height - once.height
 
 
 def _put(
@@ -225,7 +261,8 @@ def _build_hour(
     readings = _staged(store, "readings", day, bucket, hour)
     if readings is not None:
         stats["staged_readings"] = readings.height
-        readings = first_received(readings, READING_KEY).sort(*READING_KEY, nulls_last=True)
+        readings, stats["conflicts"] = _readings_once(readings)
+        readings = readings.sort(*READING_KEY, nulls_last=True)
         stats["readings"] = readings.height
         stats["ahead_of_receipt"], stats["max_lag_s"] = readings.select(
             (pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
@@ -285,7 +322,9 @@ def _merge_partials(
         if frames or new
         else pl.DataFrame(schema={**schema, "hour": pl.Int64})
     )
-    merged = merged.sort("hour", maintain_order=True)
+    merged = merged.with_columns(  # partials written before a column was added lack it
+        pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in merged
+    ).sort("hour", maintain_order=True)
     store.put(key, to_parquet(merged))
     return merged
 
@@ -370,12 +409,14 @@ def _stray_files(store: ObjectStore, day: date, bucket: int) -> dict[str, int]:
 
 def _sum_stats(stats: pl.DataFrame, result: UnitResult) -> None:
     totals = stats.select(
-        pl.col("staged_readings", "readings", "duplicates_left", "accepted_payloads").sum(),
+        pl.col("staged_readings", "readings", "conflicts", "duplicates_left").sum(),
+        pl.col("accepted_payloads").sum(),
         pl.col("rejected_payloads", "ahead_of_receipt").sum(),
         pl.col("max_lag_s").max(),
     ).row(0, named=True)
     result.readings = totals["readings"]
-    result.duplicates_removed = totals["staged_readings"] - totals["readings"]
+    result.conflicts = totals["conflicts"]
+    result.duplicates_removed = totals["staged_readings"] - totals["readings"] - result.conflicts
     result.duplicates_left = totals["duplicates_left"] + sum(result.stray_files.values())
     result.accepted_payloads = totals["accepted_payloads"]
     result.rejected_payloads = totals["rejected_payloads"]
