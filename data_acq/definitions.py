@@ -13,13 +13,14 @@ from data_acq.defs.jobs import (
     charts_job,
     curate_job,
     drain_job,
+    live_job,
     purge_old_runs,
     stage_job,
 )
 from data_acq.defs.partitions import settings
 from data_acq.defs.processing import curated, daily_charts, staged_raw, warehouse
 from data_acq.defs.resources import build_resources
-from data_acq.defs.sensors import build_drain_sensor, build_processing_sensors
+from data_acq.defs.sensors import build_drain_sensor, build_live_sensor
 
 schedule_status = (
     DefaultScheduleStatus.RUNNING if settings.sensors_running else DefaultScheduleStatus.STOPPED
@@ -27,7 +28,7 @@ schedule_status = (
 
 defs = Definitions(
     assets=[raw_messages, staged_raw, curated, warehouse, daily_charts],
-    jobs=[broker_check, drain_job, stage_job, curate_job, charts_job, purge_old_runs],
+    jobs=[broker_check, drain_job, live_job, stage_job, curate_job, charts_job, purge_old_runs],
     schedules=[
         ScheduleDefinition(
             job=purge_old_runs, cron_schedule="30 3 * * *", default_status=schedule_status
@@ -39,9 +40,18 @@ defs = Definitions(
     ],
     sensors=[
         build_drain_sensor(
-            settings.subscriptions, settings.drain_window_s, settings.sensors_running
+            settings.subscriptions,
+            settings.drain_window_s,
+            settings.sensors_running,
+            settings.handover_s,
         ),
-        *build_processing_sensors(settings.sensors_running, settings.refresh_interval_s),
+        build_live_sensor(
+            settings.live_workers,
+            settings.live_window_s,
+            settings.refresh_interval_s,
+            settings.sensors_running,
+            settings.handover_s,
+        ),
     ],
     resources=build_resources(settings),
 )

@@ -76,10 +76,15 @@ class Settings:
     drain_window_s: float = 600.0
     sensors_running: bool = False  # whether Dagster's sensors start switched on
     pipeline_queue_url: str | None = None  # SQS queue for the pipeline-format documents
-    buckets: int = 32  # sites are spread over this many buckets: the units of processing
+    buckets: int = 1  # sites are spread over this many buckets: the units of processing
     start_date: date = date(2024, 10, 1)  # the first day of the date partitions
-    refresh_interval_s: int = 60  # how often the processing sensors look for new data
+    refresh_interval_s: int = 60  # how often a live worker stages and refreshes
     raw_freshness_minutes: int = 30  # raw_messages turns red when no data arrived for this long
+    live_workers: int = 1  # live-processing runs at once, each owning a share of the buckets
+    live_window_s: float = 600.0  # seconds per live-processing run
+    # a window run's successor is launched this long before the window ends, so that its
+    # start-up (a Fargate task: 30-90 s) is never in the data's path
+    handover_s: float = 90.0
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -127,21 +132,21 @@ class Settings:
             raise SettingsError(
                 f"DATA_ACQ_START_DATE must be a date (YYYY-MM-DD), got {start_text!r}"
             ) from None
-        window_text = get("DATA_ACQ_DRAIN_WINDOW") or "600"
-        try:
-            window = float(window_text)
-        except ValueError:
+        buckets = _whole(get("DATA_ACQ_BUCKETS") or "1", "DATA_ACQ_BUCKETS", 1, 4096)
+        live_workers = _whole(get("DATA_ACQ_LIVE_WORKERS") or "1", "DATA_ACQ_LIVE_WORKERS", 1, 256)
+        if live_workers > buckets:
             raise SettingsError(
-                f"DATA_ACQ_DRAIN_WINDOW must be a number of seconds, got {window_text!r}"
-            ) from None
+                f"DATA_ACQ_LIVE_WORKERS ({live_workers}) is more than DATA_ACQ_BUCKETS "
+                f"({buckets}): each live worker owns whole buckets"
+            )
         return cls(
             broker=broker,
             storage=_storage(get("DATA_ACQ_STORAGE") or "data"),
             subscriptions=_subscriptions(get("DATA_ACQ_SUBSCRIPTIONS"), broker, workers),
-            drain_window_s=window,
+            drain_window_s=_seconds(get("DATA_ACQ_DRAIN_WINDOW") or "600", "DATA_ACQ_DRAIN_WINDOW"),
             sensors_running=(get("DATA_ACQ_SENSORS") or "stopped").lower() in ("running", "on"),
             pipeline_queue_url=get("PIPELINE_SQS_QUEUE_URL"),
-            buckets=_whole(get("DATA_ACQ_BUCKETS") or "32", "DATA_ACQ_BUCKETS", 1, 4096),
+            buckets=buckets,
             start_date=start,
             refresh_interval_s=_whole(
                 get("DATA_ACQ_REFRESH_INTERVAL") or "60", "DATA_ACQ_REFRESH_INTERVAL", 5, 86_400
@@ -152,8 +157,23 @@ class Settings:
                 2,
                 100_000,
             ),
+            live_workers=live_workers,
+            live_window_s=_whole(
+                get("DATA_ACQ_LIVE_WINDOW") or "600", "DATA_ACQ_LIVE_WINDOW", 60, 86_400
+            ),
+            handover_s=_whole(get("DATA_ACQ_HANDOVER") or "90", "DATA_ACQ_HANDOVER", 0, 3_600),
             **({"cache_dir": Path(cache)} if cache else {}),
         )
+
+
+def _seconds(text: str, variable: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{variable} must be more than 0 seconds, got {text!r}")
+    return value
 
 
 def _whole(text: str, variable: str, low: int, high: int) -> int:

@@ -10,7 +10,7 @@ from dagster import DagsterInstance, DefaultSensorStatus, Definitions
 
 from data_acq.defs.jobs import broker_check
 from data_acq.defs.resources import build_resources
-from data_acq.defs.sensors import build_drain_sensor, build_processing_sensors
+from data_acq.defs.sensors import build_drain_sensor, build_live_sensor
 from data_acq.devtools.ui import ui_environment
 from data_acq.settings import Settings
 from data_acq_tests.conftest import MQTT_PASSWORD, MQTT_USER, SecureBroker
@@ -74,19 +74,24 @@ def test_broker_check_fails_clearly_with_a_wrong_password(
 def test_ui_environment_switches_the_sensors_on(tmp_path: Path) -> None:
     env = ui_environment(tmp_path, 18830, datetime(2024, 10, 12, 9, tzinfo=UTC))
     settings = Settings.from_env(env)
-    assert settings.sensors_running and settings.drain_window_s == 120
+    assert settings.sensors_running and settings.drain_window_s == settings.live_window_s == 300
     assert settings.start_date == date(2024, 10, 12) and settings.refresh_interval_s == 10
+    assert (settings.buckets, settings.live_workers, settings.handover_s) == (1, 1, 20)
     assert (settings.broker.host, settings.broker.port) == ("127.0.0.1", 18830)
     assert settings.storage == str(tmp_path / "storage")
     sensors = [
         build_drain_sensor(
             settings.subscriptions, settings.drain_window_s, settings.sensors_running
         ),
-        *build_processing_sensors(settings.sensors_running, settings.refresh_interval_s),
+        build_live_sensor(
+            settings.live_workers,
+            settings.live_window_s,
+            settings.refresh_interval_s,
+            settings.sensors_running,
+        ),
     ]
     assert {s.name: s.default_status for s in sensors} == {
         "drain_sensor": DefaultSensorStatus.RUNNING,
-        "new_raw_sensor": DefaultSensorStatus.RUNNING,
-        "curation_sensor": DefaultSensorStatus.RUNNING,
+        "live_sensor": DefaultSensorStatus.RUNNING,
     }
     assert Settings.from_env({}).sensors_running is False

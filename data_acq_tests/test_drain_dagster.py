@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    AssetKey,
+    DagsterEvent,
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -21,10 +24,12 @@ from dagster import (
 from dagster._core.utils import make_new_run_id
 
 from data_acq.acquire.raw import raw_keys
+from data_acq.backoff import failure_backoff_s
 from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
-from data_acq.defs.sensors import SUBSCRIPTION_TAG, build_drain_sensor, failure_backoff_s
+from data_acq.defs.sensors import build_drain_sensor
+from data_acq.defs.windows import SUBSCRIPTION_TAG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import Settings, Subscription
 from data_acq.storage import LocalStore
@@ -61,9 +66,12 @@ def test_requests_a_run_when_none_is_active(instance: DagsterInstance) -> None:
     result = _evaluate(instance)
     assert [r.run_key for r in result.run_requests] == ["drain-main-1"]
     request = result.run_requests[0]
-    assert request.tags == {SUBSCRIPTION_TAG: "main", "dagster/max_runtime": "1500"}
+    assert request.tags == {SUBSCRIPTION_TAG: "main"}
     config = request.run_config["ops"]["raw_messages"]["config"]
     assert config == {"subscription": "main", "max_seconds": 600.0}  # topics from the settings
+    # every drain run, whoever launches it, has the job's maximum runtime: window, handover and
+    # a margin
+    assert drain_job.tags["dagster/max_runtime"] == str(600 + 90 + 900)
 
 
 def test_a_drain_launched_by_hand_counts_as_its_subscriptions_run(
@@ -215,7 +223,7 @@ def test_one_drain_per_subscription_whoever_launches_it(
     refused = run("main")
     assert not refused.success  # type: ignore[attr-defined]
     failure = refused.get_step_failure_events()[0].step_failure_data.error  # type: ignore[attr-defined]
-    assert f"already being drained by run {older.run_id[:8]}" in failure.message
+    assert f"'main' is already being drained by run {older.run_id[:8]}" in failure.message
     assert run("meta").success  # type: ignore[attr-defined]  # another subscription is free
     unknown = run("nope")
     assert not unknown.success  # type: ignore[attr-defined]
@@ -332,3 +340,87 @@ def test_only_windows_that_stored_data_materialize_raw_messages(
     empty = job.execute_in_process(run_config=config, instance=instance)
     assert empty.success and not empty.asset_materializations_for_node("raw_messages")
     assert empty.asset_observations_for_node("raw_messages")
+
+
+def _started(instance: DagsterInstance, max_seconds: float, name: str = "main") -> DagsterRun:
+    """A drain run that started now, with a window of `max_seconds`."""
+    run = DagsterRun(
+        job_name="drain",
+        run_id=make_new_run_id(),
+        tags={SUBSCRIPTION_TAG: name},
+        run_config={"ops": {"raw_messages": {"config": {"max_seconds": max_seconds}}}},
+        status=DagsterRunStatus.STARTING,
+    )
+    instance.add_run(run)
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name="drain"),
+        run.run_id,
+    )
+    return run
+
+
+def test_the_successor_is_requested_a_handover_before_the_window_ends(
+    instance: DagsterInstance,
+) -> None:
+    """So that its start-up is never a gap in draining: with a 90 s handover, a run whose window
+    ends in 510 s has no successor yet, one whose window ends within 90 s gets one, and a run
+    and its successor get no third."""
+    running = _started(instance, max_seconds=600)
+    early = _evaluate(instance, cursor='{"main": 1}')
+    assert early.run_requests == [] and "its successor is launched in" in str(early.skip_reason)
+    instance.delete_run(running.run_id)
+    _started(instance, max_seconds=60)  # ends in 60 s, within the handover
+    [successor] = _evaluate(instance, cursor='{"main": 1}').run_requests
+    assert successor.run_key == "drain-main-2" and successor.tags == {SUBSCRIPTION_TAG: "main"}
+    _started(instance, max_seconds=600)  # the successor, now started
+    both = _evaluate(instance, cursor='{"main": 2}')
+    assert both.run_requests == [] and "a run and its successor are active" in str(both.skip_reason)
+
+
+def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    """ "Materialize" on raw_messages (the asset job, no subscription tag) while the sensor's
+    drain works the same session: the later run is refused before it connects, and every
+    message published meanwhile is stored once the next drain has run."""
+    sent = unique_messages(400)
+    store = LocalStore(tmp_path / "store")
+    with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
+        defs = _drain_defs(tmp_path, broker.port)
+        job = defs.resolve_job_def("drain")
+        # a whole window ahead of it, ended early once the loggers are quiet
+        window = {"subscription": "main", "max_seconds": 600.0, "idle_exit_s": 3.0}
+        sensors_run: list = []
+        thread = threading.Thread(
+            target=lambda: sensors_run.append(
+                job.execute_in_process(
+                    run_config={"ops": {"raw_messages": {"config": window}}},
+                    tags={SUBSCRIPTION_TAG: "main"},  # as the sensor tags it
+                    instance=instance,
+                    raise_on_error=False,
+                )
+            )
+        )
+        thread.start()
+        _wait_for_log(instance, "draining a/+/u/data")
+        publisher = publish_in_background(broker.port, sent, rate=100)
+        by_hand = defs.get_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=[AssetKey("raw_messages")], instance=instance, raise_on_error=False
+        )
+        assert not by_hand.success
+        assert AssetKey("raw_messages") in (by_hand.dagster_run.asset_selection or ())
+        message = by_hand.get_step_failure_events()[0].step_failure_data.error.message
+        assert "'main' is already being drained by run" in message
+        assert "a second drain would take over its MQTT session" in message
+        assert not any(
+            "draining" in (entry.user_message or "") for entry in instance.all_logs(by_hand.run_id)
+        )  # refused before it connected
+        publisher.join(60)
+        thread.join(60)
+        [first] = sensors_run
+        assert first.success
+        next_window = {"subscription": "main", "idle_exit_s": 1.0, "max_seconds": 30.0}
+        assert job.execute_in_process(
+            run_config={"ops": {"raw_messages": {"config": next_window}}}, instance=instance
+        ).success
+    assert missing(sent, store) == 0

@@ -9,15 +9,12 @@ from dagster import (
     AssetExecutionContext,
     AssetObservation,
     Config,
-    DagsterRunStatus,
     Failure,
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
-    RunsFilter,
     asset,
 )
-from dagster._core.instance import DagsterInstance
 from pydantic import Field
 
 from data_acq import layout
@@ -26,15 +23,11 @@ from data_acq.acquire.ca_cert import CACertError
 from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainStats, DrainWriteError
 from data_acq.defs.partitions import OWNERS, settings
 from data_acq.defs.resources import MQTTBroker, Storage
+from data_acq.defs.windows import Slot, take_over
 from data_acq.storage import StorageError
 
 PROGRESS_EVERY_S = 30.0
 _DEFAULTS = DrainLimits()
-
-
-DRAIN_JOB = "drain"
-SUBSCRIPTION_TAG = "data_acq/subscription"
-RUNNING = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
 class DrainConfig(Config):
@@ -43,7 +36,11 @@ class DrainConfig(Config):
         description="Name of the subscription (DATA_ACQ_SUBSCRIPTIONS; `main` without it): its "
         "topics and persistent-session client id come from the deployment's settings",
     )
-    max_seconds: float = Field(default=600.0, description="Length of the drain window")
+    max_seconds: float = Field(
+        default=settings.drain_window_s,
+        description="Length of the drain window (DATA_ACQ_DRAIN_WINDOW)",
+        gt=0,
+    )
     idle_exit_s: float | None = Field(
         default=None, description="End early after this long without messages"
     )
@@ -84,8 +81,14 @@ def raw_messages(
     context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
 ) -> Iterator[MaterializeResult | AssetObservation]:
     broker = mqtt.subscription_settings(config.subscription)
-    _refuse_a_second_drain(context.instance, context.run.run_id, config.subscription)
     store = storage.store()
+    take_over(
+        context.instance,
+        context.run.run_id,
+        Slot("drain", config.subscription),
+        settings.handover_s,
+        context.log.info,
+    )
     limits = DrainLimits(
         max_seconds=config.max_seconds,
         idle_exit_s=config.idle_exit_s,
@@ -145,27 +148,3 @@ def raw_messages(
         yield MaterializeResult(metadata=metadata)
     else:
         yield AssetObservation(asset_key=context.asset_key, metadata=metadata)
-
-
-def drain_subscription(run_config: dict, tags: dict[str, str]) -> str:
-    """The subscription a drain run drains: its tag, else its run configuration, else `main`."""
-    if SUBSCRIPTION_TAG in tags:
-        return tags[SUBSCRIPTION_TAG]
-    config = run_config.get("ops", {}).get("raw_messages", {}).get("config", {})
-    return str(config.get("subscription", "main"))
-
-
-def _refuse_a_second_drain(instance: DagsterInstance, run_id: str, subscription: str) -> None:
-    """One drain per subscription, whoever launched it: a second client with the same id would
-    take the first one's MQTT session over. Of two running at once, the older one goes on."""
-    records = instance.get_run_records(filters=RunsFilter(job_name=DRAIN_JOB, statuses=RUNNING))
-    mine = next((r for r in records if r.dagster_run.run_id == run_id), None)
-    for record in records:
-        run = record.dagster_run
-        if run.run_id == run_id or drain_subscription(run.run_config, run.tags) != subscription:
-            continue
-        if mine is None or record.create_timestamp <= mine.create_timestamp:
-            raise Failure(
-                f"subscription {subscription!r} is already being drained by run "
-                f"{run.run_id[:8]}; a second drain would take over its MQTT session"
-            )

@@ -38,6 +38,13 @@ with warnings.catch_warnings():
             description="No reading twice in the unit's files, read back after writing",
         ),
         AssetCheckSpec(
+            "conflicting_readings",
+            asset="readings",
+            partitions_def=units,
+            description="No reading arrived with another value under the key of one received "
+            "before (a logger whose clock jumped back): the first received is kept",
+        ),
+        AssetCheckSpec(
             "completeness",
             asset="completeness_daily",
             partitions_def=units,
@@ -81,7 +88,18 @@ def unit_checks(result: UnitResult, now: datetime | None = None) -> Iterator[Ass
             "stray_files": MetadataValue.json(result.stray_files),
         },
     )
-    worst = sorted(result.completeness.items(), key=lambda item: item[1])
+    yield AssetCheckResult(
+        check_name="conflicting_readings",
+        asset_key="readings",
+        passed=result.conflicts == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"conflicts": result.conflicts, "redeliveries": result.duplicates_removed},
+    )
+    # a day not begun has no ratio yet: nothing to judge
+    worst = sorted(
+        ((site, ratio) for site, ratio in result.completeness.items() if ratio is not None),
+        key=lambda item: item[1],
+    )
     yield AssetCheckResult(
         check_name="completeness",
         asset_key="completeness_daily",

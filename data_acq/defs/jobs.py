@@ -16,13 +16,17 @@ from pydantic import Field
 
 from data_acq.acquire.broker import connect, make_client
 from data_acq.defs.acquisition import raw_messages
+from data_acq.defs.live import live_window
+from data_acq.defs.partitions import settings
 from data_acq.defs.processing import curated, daily_charts, staged_raw, warehouse
 from data_acq.defs.resources import MQTTBroker
+from data_acq.defs.windows import DRAIN_JOB, KIND_TAG, LIVE_JOB, OVERRUN_S
 
 # EcsRunLauncher sizes each run's task by these tags: a drain holds a batch or two, a unit's
 # refresh one unit-hour at a time (docs/performance.md)
 SMALL_TASK = {"ecs/cpu": "512", "ecs/memory": "1024"}
 PROCESSING_TASK = {"ecs/cpu": "1024", "ecs/memory": "4096"}
+PROCESSING = {KIND_TAG: "processing", **PROCESSING_TASK}  # backfills and work launched by hand
 
 
 @op(description="Connect to the broker with the configured TLS, CA and credentials, then leave.")
@@ -50,39 +54,63 @@ def broker_check() -> None:
     connect_to_broker()
 
 
+def max_runtime(window_s: float, overrun_s: float) -> dict[str, str]:
+    """Run monitoring stops a run this long after it started: its window, the wait for its
+    predecessor, and a margin for a last flush or refresh."""
+    return {"dagster/max_runtime": str(int(window_s + settings.handover_s + overrun_s))}
+
+
 drain_job = define_asset_job(
-    "drain",
+    DRAIN_JOB,
     selection=[raw_messages],
     description=(
         "One drain window: the subscription's topics into raw storage, acknowledged only once "
         "stored. Started and restarted by the drain sensor, one run per subscription."
     ),
-    # where run retries are on (deploy/dagster.yaml), a failed drain is retried at once
-    tags={"data_acq/kind": "drain", "dagster/max_retries": "2", **SMALL_TASK},
+    # where run retries are on (deploy/dagster.yaml), a drain whose task died is retried at once;
+    # the maximum runtime holds for every drain run, whoever launched it
+    tags={
+        KIND_TAG: "drain",
+        "dagster/max_retries": "2",
+        **SMALL_TASK,
+        **max_runtime(settings.drain_window_s, 900),
+    },
 )
+
+
+@job(
+    name=LIVE_JOB,
+    description="One live window of one worker: stage new raw objects and refresh the pending "
+    "units of the worker's buckets every DATA_ACQ_REFRESH_INTERVAL, for DATA_ACQ_LIVE_WINDOW. "
+    "Kept going by the live sensor, one run per worker (its successor overlapping its end).",
+    tags={KIND_TAG: "live", **PROCESSING_TASK, **max_runtime(settings.live_window_s, OVERRUN_S)},
+)
+def live_job() -> None:
+    live_window()
 
 
 stage_job = define_asset_job(
     "stage_raw",
     selection=[staged_raw, warehouse],
     description="Stage the raw objects not staged yet by unit and hour, and keep the warehouse's "
-    "views current.",
-    tags=PROCESSING_TASK,
+    "views current (live runs do this as they go; this job is for doing it by hand).",
+    tags=PROCESSING,
 )
 
 curate_job = define_asset_job(
     "curate_unit",
     selection=[curated],
-    description="Refresh one unit (a measurement date and a bucket of sites): the hours new data "
-    "touched, the daily tables, the SQS feed, the checks. Units run in parallel, one run each.",
-    tags=PROCESSING_TASK,
+    description="Refresh one unit (a measurement date and a bucket of sites): its pending hours, "
+    "or all of them when none is pending (a rebuild); the daily tables, the SQS feed, the "
+    "checks. For backfills and rebuilds: a backfill of many units fans out, one run each.",
+    tags=PROCESSING,
 )
 
 charts_job = define_asset_job(
     "draw_charts",
     selection=[daily_charts],
     description="Draw a date's chart per site.",
-    tags=PROCESSING_TASK,
+    tags=PROCESSING,
 )
 
 

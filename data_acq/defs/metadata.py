@@ -20,10 +20,15 @@ _DESCRIPTIONS = {
 }
 
 
-def column_schema(schema: Mapping[str, pl.DataType]) -> TableSchema:
+PREVIEW_TEXT = 120  # characters of a text cell a preview keeps: previews live in Dagster's database
+
+
+def column_schema(schema: Mapping[str, pl.DataType], described: bool = True) -> TableSchema:
     return TableSchema(
         columns=[
-            TableColumn(name, str(dtype), description=_DESCRIPTIONS.get(name))
+            TableColumn(
+                name, str(dtype), description=_DESCRIPTIONS.get(name) if described else None
+            )
             for name, dtype in schema.items()
         ]
     )
@@ -35,19 +40,19 @@ def curated_schema(table: str) -> TableSchema:
 
 
 def preview(frame: pl.DataFrame) -> MetadataValue:
-    """A few rows as a table in the UI (values as Dagster's table records can hold them)."""
+    """A few rows as a table in the UI (values as Dagster's table records can hold them; long
+    text cut, since every preview is kept in Dagster's database)."""
     return MetadataValue.table(
         records=[
             TableRecord({name: _cell(value) for name, value in row.items()})
             for row in frame.iter_rows(named=True)
         ],
-        schema=column_schema(frame.schema),
+        schema=column_schema(frame.schema, described=False),
     )
 
 
 def _cell(value: object) -> str | int | float | bool | None:
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or isinstance(value, int | float | bool):
         return value
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
+    text = value.isoformat() if isinstance(value, datetime | date) else str(value)
+    return text if len(text) <= PREVIEW_TEXT else f"{text[: PREVIEW_TEXT - 1]}…"

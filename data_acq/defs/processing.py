@@ -1,7 +1,7 @@
 """Processing: staging, the curated tables of each unit (a date and a bucket of sites), the
-warehouse's views and the daily charts -- the steps of data_acq.pipeline, one run each."""
+warehouse's views and the daily charts. Live runs (data_acq.defs.live) report the same assets;
+the jobs here are for backfills, rebuilds and work launched by hand."""
 
-import base64
 from collections.abc import Iterator
 from datetime import date
 
@@ -16,7 +16,8 @@ from dagster import (
 )
 
 from data_acq import layout, pipeline
-from data_acq.curate.staging import MAX_OBJECTS, new_raw_keys, stage
+from data_acq.curate.cursor import new_raw_keys
+from data_acq.curate.staging import MAX_OBJECTS, StageResult, stage
 from data_acq.curate.units import UnitResult
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.defs.acquisition import raw_messages
@@ -40,7 +41,7 @@ CURATED_ASSETS = {
     "runtime ...), the interval that crosses midnight included; a step down is a reset.",
     "completeness_daily": "Per site: payloads expected at one a minute, received, ratio, gaps.",
 }
-PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the folder
+PREVIEW_CHARTS = 3  # charts linked from the metadata; all of them are in the folder
 
 
 @asset(
@@ -50,25 +51,27 @@ PREVIEW_CHARTS = 3  # charts embedded in the metadata; all of them are in the fo
     owners=OWNERS,
     description="Raw objects not staged yet (found from a cursor, not by listing history), "
     "flattened and filed by unit and measurement hour under staging/. Each unit it touched is "
-    "left pending; the curation sensor refreshes exactly those.",
+    "left pending; the live workers refresh exactly those. Materialized by live runs as they "
+    "stage, or by the stage_raw job by hand.",
 )
 def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     store = storage.store()
     keys = new_raw_keys(store, limit=MAX_OBJECTS)  # a backlog takes several runs
     progress = logged(context.log.info)
     result = stage(store, keys, settings.buckets, progress=progress) if keys else None
-    touched = sorted(f"{b:02d}|{d.isoformat()}" for d, b in result.units) if result else []
-    context.log.info(f"staged {len(keys)} raw objects; units touched: {len(touched)}")
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": result.messages if result else 0,
-            "raw_objects": len(keys),
-            "messages": result.messages if result else 0,
-            "accepted": result.accepted if result else 0,
-            "rejects": result.rejects if result else 0,
-            "units": MetadataValue.json(touched),
-        }
-    )
+    context.log.info(f"staged {len(keys)} raw objects")
+    return MaterializeResult(metadata=staging_metadata(result))
+
+
+def staging_metadata(result: StageResult | None) -> dict[str, object]:
+    return {
+        "dagster/row_count": result.messages if result else 0,
+        "raw_objects": result.raw_objects if result else 0,
+        "messages": result.messages if result else 0,
+        "accepted": result.accepted if result else 0,
+        "rejects": result.rejects if result else 0,
+        "units_touched": len(result.units) if result else 0,
+    }
 
 
 @multi_asset(
@@ -90,25 +93,32 @@ def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeR
 def curated(
     context: AssetExecutionContext, storage: Storage, pipeline_queue: PipelineQueue
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
-    """One unit: its pending hours rebuilt (all of its hours when nothing is pending, as in a
-    backfill), its daily tables, its new documents sent, and its checks."""
+    """One unit rebuilt (a backfill or a rebuild: every staged hour), its daily tables, its new
+    documents sent, and its checks. Live data is refreshed by the live runs instead."""
     # a run launched with only the `dagster/partition` tag has the key as a plain string
     key = units.get_partition_key_from_str(str(context.partition_key))
     day = date.fromisoformat(key.keys_by_dimension["date"])
     bucket = int(key.keys_by_dimension["bucket"])
     store = storage.store()
     result = pipeline.refresh(
-        store, day, bucket, queue_url=pipeline_queue.queue_url, progress=logged(context.log.info)
+        store,
+        day,
+        bucket,
+        full=True,
+        queue_url=pipeline_queue.queue_url,
+        progress=logged(context.log.info),
     )
-    yield from _materializations(store, result)
+    for name, metadata in unit_metadata(store, result).items():
+        yield MaterializeResult(asset_key=name, metadata=metadata)
     yield from unit_checks(result)
 
 
-def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[MaterializeResult]:
+def unit_metadata(store: ObjectStore, result: UnitResult) -> dict[str, dict[str, object]]:
+    """Each curated table's metadata for a unit's refresh (the column schema is the assets')."""
+    tables: dict[str, dict[str, object]] = {}
     for name in CURATED_ASSETS:
         metadata: dict[str, object] = {
             "dagster/row_count": result.table_rows.get(name, 0),  # the unit's whole day
-            "dagster/column_schema": curated_schema(name),
             "rows_written": result.rows.get(name, 0),
             "hours_rebuilt": ", ".join(f"{h:02d}:00" for h in result.hours) or "none",
             "location": MetadataValue.path(
@@ -120,12 +130,14 @@ def _materializations(store: ObjectStore, result: UnitResult) -> Iterator[Materi
                 "readings_today": result.readings,
                 "sites": result.sites,
                 "duplicates_removed": result.duplicates_removed,
+                "conflicting_readings": result.conflicts,
             }
         if name == "pipeline_payloads" and result.sent_to_queue is not None:
             metadata["sent_to_sqs"] = result.sent_to_queue
         if name in result.previews:
             metadata["preview"] = preview(result.previews[name])
-        yield MaterializeResult(asset_key=name, metadata=metadata)
+        tables[name] = metadata
+    return tables
 
 
 @asset(
@@ -154,8 +166,8 @@ def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[Mate
     owners=OWNERS,
     description="A daily chart per site (power through the day, counters' gain since midnight), "
     "PNG under curated/charts/date=D/site=KEY.png (KEY: the site's key, docs/analysts.md); "
-    "drawn after the day ends (and on "
-    "demand, e.g. after late data); the first ones are shown in the metadata.",
+    "drawn after the day ends (and on demand, e.g. after late data); the metadata links the "
+    "first ones (images stay out of Dagster's database).",
 )
 def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     from data_acq.curate.charts import write_charts  # matplotlib: only the charts' runs need it
@@ -163,17 +175,15 @@ def daily_charts(context: AssetExecutionContext, storage: Storage) -> Materializ
     store = storage.store()
     day = date.fromisoformat(context.partition_key)
     charts = write_charts(store, day, progress=logged(context.log.info))
-    previews = "\n\n".join(
-        f"**{_markdown_text(site)}**\n\n"
-        f"![chart](data:image/png;base64,{base64.b64encode(store.get(key)).decode()})"
-        for site, key in charts[:PREVIEW_CHARTS]
+    links = "\n".join(
+        f"- [{_markdown_text(site)}]({store.url(key)})" for site, key in charts[:PREVIEW_CHARTS]
     )
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(charts),
             "charts": len(charts),
             "folder": MetadataValue.path(store.url(layout.curated_prefix("charts", day))),
-            "preview": MetadataValue.md(previews or "no data for this date"),
+            "first_charts": MetadataValue.md(links or "no data for this date"),
         }
     )
 

@@ -1,8 +1,9 @@
 """`data-acq ui`: the Dagster UI on local data, with simulated loggers publishing live.
 
 A private Mosquitto (with persistence), simulated loggers and `dagster dev` with the sensors
-switched on: the drain sensor keeps a drain running, new raw objects are staged, and the touched
-dates are curated -- runs, partitions, lineage and checks appear as they happen.
+switched on: the drain sensor keeps a drain running, the live sensor a live-processing run that
+stages new raw objects and refreshes the units they touched every ten seconds -- runs,
+partitions, lineage and checks appear as they happen.
 
 The loggers first publish the last `hours` at `speed` simulated minutes per second (duplicate
 deliveries included), and once they have caught up with the clock they go on live: one payload
@@ -122,7 +123,8 @@ def _publish(
 
 def ui_environment(folder: Path, broker_port: int, start: datetime) -> dict[str, str]:
     """The variables `dagster dev` runs with: everything points at the private broker and folder,
-    and the data is refreshed every ten seconds."""
+    the data is refreshed every ten seconds, and windows are five minutes (a local run starts in
+    seconds, so its successor is launched 20 s before the window ends)."""
     return {
         "MQTT_BROKER": HOST,
         "MQTT_PORT": str(broker_port),
@@ -130,7 +132,10 @@ def ui_environment(folder: Path, broker_port: int, start: datetime) -> dict[str,
         "DATA_ACQ_STORAGE": str(folder / "storage"),
         "DAGSTER_HOME": str(folder / "dagster_home"),
         "DATA_ACQ_SENSORS": "running",
-        "DATA_ACQ_DRAIN_WINDOW": "120",
+        "DATA_ACQ_DRAIN_WINDOW": "300",
+        "DATA_ACQ_LIVE_WINDOW": "300",
+        "DATA_ACQ_HANDOVER": "20",
+        "DATA_ACQ_BUCKETS": "1",
         "DATA_ACQ_START_DATE": start.date().isoformat(),
         "DATA_ACQ_REFRESH_INTERVAL": "10",
     }
@@ -385,7 +390,7 @@ def run_ui(
                 f"{hours:g} h from {spec.start:%Y-%m-%d %H:%M} UTC at {speed:g} minutes per "
                 "second, then live: one payload per site a minute\n"
                 f"  storage {folder / 'storage'}; Dagster instance {folder / 'dagster_home'}\n"
-                "  sensors on: drain_sensor, new_raw_sensor, curation_sensor",
+                "  sensors on: drain_sensor, live_sensor",
                 flush=True,
             )
             messages = paced(simulate(spec), spec.start, speed, stop_loggers, on_live=_say_live)

@@ -1,0 +1,193 @@
+"""Live processing in Dagster: one run per live worker and window (data_acq.live.window does the
+work), reporting what it staged and refreshed as the assets' materializations and checks."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
+    Config,
+    Failure,
+    MetadataValue,
+    MultiPartitionKey,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    Output,
+    op,
+)
+from pydantic import Field
+
+from data_acq.curate.units import UnitResult
+from data_acq.defs.checks import unit_checks
+from data_acq.defs.partitions import settings
+from data_acq.defs.processing import staging_metadata, unit_metadata
+from data_acq.defs.resources import PipelineQueue, Storage
+from data_acq.defs.windows import Slot, take_over
+from data_acq.live.reports import Reports
+from data_acq.live.shares import Share
+from data_acq.live.window import STAGING, Tick, WindowLimits, WindowStats, live_ticks
+from data_acq.storage import ObjectStore, StorageError
+
+PROGRESS_EVERY_S = 300.0
+
+
+class LiveConfig(Config):
+    worker: int = Field(
+        default=1, ge=1, description="Which live worker (1..DATA_ACQ_LIVE_WORKERS): its buckets"
+    )
+    window_s: float = Field(
+        default=settings.live_window_s,
+        gt=0,
+        description="Length of the window (DATA_ACQ_LIVE_WINDOW); the run ends after it",
+    )
+    interval_s: float = Field(
+        default=settings.refresh_interval_s,
+        gt=0,
+        description="Seconds between refreshes (DATA_ACQ_REFRESH_INTERVAL)",
+    )
+
+
+def _partition(result: UnitResult) -> str | None:
+    """The unit's partition key, or None for a date outside the partitions (before
+    DATA_ACQ_START_DATE, or after tomorrow: a logger's clock far ahead)."""
+    today = datetime.now(UTC).date()
+    if not settings.start_date <= result.day <= today + timedelta(days=1):
+        return None
+    return str(
+        MultiPartitionKey({"date": result.day.isoformat(), "bucket": f"{result.bucket:02d}"})
+    )
+
+
+def unit_events(
+    store: ObjectStore, result: UnitResult
+) -> Iterator[AssetMaterialization | AssetCheckEvaluation]:
+    """A unit's refresh as a materialization of each curated table and a result of each check,
+    all in the unit's partition."""
+    partition = _partition(result)
+    if partition is None:
+        return
+    for name, metadata in unit_metadata(store, result).items():
+        yield AssetMaterialization(asset_key=name, partition=partition, metadata=metadata)  # type: ignore[arg-type]
+    for check in unit_checks(result):
+        yield AssetCheckEvaluation(
+            asset_key=check.asset_key or AssetKey("readings"),
+            check_name=str(check.check_name),
+            passed=check.passed,
+            metadata=check.metadata,
+            severity=check.severity,
+            partition=partition,
+        )
+
+
+@op(
+    description="One live window: every refresh interval, stage new raw objects (worker 1) and "
+    "refresh this worker's pending units, reporting them as the curated assets' partitions and "
+    "checks; at most a fixed number of unit reports an hour (data_acq.live.reports). Waits for "
+    "its predecessor's window to end first. Fails when something still failed at the end.",
+    out=Out(Nothing),
+)
+def live_window(
+    context: OpExecutionContext, config: LiveConfig, storage: Storage, pipeline_queue: PipelineQueue
+) -> Iterator[AssetMaterialization | AssetCheckEvaluation | Output]:
+    try:
+        share = Share(config.worker, settings.live_workers)
+    except ValueError as exc:
+        raise Failure(f"{exc} (DATA_ACQ_LIVE_WORKERS={settings.live_workers})") from None
+    store = storage.store()
+    take_over(
+        context.instance,
+        context.run.run_id,
+        Slot("live", str(config.worker)),
+        settings.handover_s,
+        context.log.info,
+    )
+    context.log.info(
+        f"{share}: buckets {_buckets(share)} of {settings.buckets}"
+        f"{' (and staging)' if share.stages else ''}, every {config.interval_s:g} s for "
+        f"{config.window_s:g} s"
+    )
+    limits = WindowLimits(window_s=config.window_s, interval_s=config.interval_s)
+    reports = Reports()
+    stats = WindowStats()
+    outside: set[tuple] = set()
+    last_progress = datetime.now(UTC)
+    try:
+        ticks = live_ticks(
+            store, share, settings.buckets, limits, pipeline_queue.queue_url, stats=stats
+        )
+        for tick in ticks:
+            yield from _tick_events(context, store, tick, reports, outside)
+            if (tick.at - last_progress).total_seconds() >= PROGRESS_EVERY_S:
+                last_progress = tick.at
+                context.log.info(_summary(stats))
+    except StorageError as exc:  # the bucket count refused, before any work
+        raise Failure(description=str(exc)) from None
+    for result in reports.last():
+        yield from unit_events(store, result)
+    metadata = {
+        "ticks": stats.ticks,
+        "raw_objects_staged": stats.raw_objects,
+        "messages_staged": stats.messages,
+        "unit_refreshes": stats.refreshes,
+        "unit_reports_left": len(reports.waiting),
+        "failures": stats.failures,
+        "cpu_s": round(stats.cpu_s, 1),
+        "busy_share": round(stats.busy_s / max(config.window_s, 1.0), 3),
+        "still_failing": MetadataValue.json(stats.failing),
+    }
+    if stats.failing:
+        raise Failure(
+            description=f"{len(stats.failing)} still failing at the end of the window: "
+            + "; ".join(f"{what}: {why}" for what, why in sorted(stats.failing.items())[:5]),
+            metadata=metadata,
+        )
+    context.log.info(_summary(stats))
+    yield Output(None, metadata=metadata)
+
+
+def _buckets(share: Share) -> str:
+    owned = [b for b in range(settings.buckets) if share.owns(b)]
+    return ", ".join(f"{b:02d}" for b in owned[:8]) + (" ..." if len(owned) > 8 else "")
+
+
+def _summary(stats: WindowStats) -> str:
+    return (
+        f"{stats.ticks} refreshes so far: {stats.raw_objects:,} raw objects "
+        f"({stats.messages:,} messages) staged, {stats.refreshes:,} unit refreshes, "
+        f"{stats.failures} failures, {stats.cpu_s:.1f} CPU-s"
+    )
+
+
+def _tick_events(
+    context: OpExecutionContext,
+    store: ObjectStore,
+    tick: Tick,
+    reports: Reports,
+    outside: set[tuple],
+) -> Iterator[AssetMaterialization | AssetCheckEvaluation]:
+    if tick.staged:
+        yield AssetMaterialization(asset_key="staged_raw", metadata=staging_metadata(tick.staged))  # type: ignore[arg-type]
+    for what, why in tick.failed.items():
+        context.log.warning(
+            f"{'staging' if what == STAGING else what} failed (tried again after a back-off): {why}"
+        )
+    for result in tick.units:
+        unit = (result.day, result.bucket)
+        if _partition(result) is None:
+            if unit not in outside:  # once: it is built, but no partition can show it
+                outside.add(unit)
+                context.log.warning(
+                    f"{result.day} bucket {result.bucket:02d} is outside the date partitions "
+                    f"({settings.start_date} to tomorrow): built, not shown as a partition"
+                )
+            continue
+        reports.add(result)
+    for result in reports.due():
+        yield from unit_events(store, result)
+    if tick.warehouse:
+        yield AssetMaterialization(
+            asset_key="warehouse", metadata={"path": MetadataValue.path(tick.warehouse)}
+        )

@@ -1,0 +1,82 @@
+"""How often a live worker tells Dagster about the units it refreshed.
+
+Each report of a unit is a dozen events in Dagster's database (a materialization per curated
+table, a result per check). Reporting every refresh of every unit would make that database grow
+with the number of buckets and the refresh cadence; instead a worker reports at most a fixed
+number of units an hour (a token bucket), the units not reported for the longest first, each
+with everything its refreshes since its last report did. The data itself is as fresh as the
+refreshes; only the UI's metadata of a unit may be minutes older.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from data_acq.curate.units import Unit, UnitResult
+
+REPORTS_PER_HOUR = 60
+BURST = 10
+
+
+def merged(older: UnitResult, newer: UnitResult) -> UnitResult:
+    """Two refreshes of a unit as one report: the newer's state of the day, both refreshes'
+    hours and rows."""
+    rows = {t: older.rows.get(t, 0) + newer.rows.get(t, 0) for t in {*older.rows, *newer.rows}}
+    sent = (
+        None
+        if older.sent_to_queue is None and newer.sent_to_queue is None
+        else (older.sent_to_queue or 0) + (newer.sent_to_queue or 0)
+    )
+    return replace(
+        newer,
+        hours=sorted({*older.hours, *newer.hours}),
+        rows=rows,
+        sent_to_queue=sent,
+        previews={**older.previews, **newer.previews},
+    )
+
+
+class Reports:
+    """Unit results waiting to be reported, and the budget that lets them out."""
+
+    def __init__(
+        self,
+        per_hour: float = REPORTS_PER_HOUR,
+        burst: int = BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = per_hour / 3600.0
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self._filled = clock()
+        self.waiting: dict[Unit, UnitResult] = {}
+        self.reported_at: dict[Unit, float] = {}
+
+    def add(self, result: UnitResult) -> None:
+        unit = (result.day, result.bucket)
+        older = self.waiting.get(unit)
+        self.waiting[unit] = result if older is None else merged(older, result)
+
+    def due(self) -> list[UnitResult]:
+        """The units to report now, as many as the budget allows."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        return self._take(int(self.tokens))
+
+    def last(self) -> list[UnitResult]:
+        """At the window's end: up to a burst more (the successor reports what is left, if it
+        refreshes those units again)."""
+        return self._take(self.burst)
+
+    def _take(self, count: int) -> list[UnitResult]:
+        order = sorted(self.waiting, key=lambda unit: self.reported_at.get(unit, float("-inf")))
+        taken = [self.waiting.pop(unit) for unit in order[:count]]
+        now = self.clock()
+        for result in taken:
+            self.reported_at[(result.day, result.bucket)] = now
+        self.tokens = max(0.0, self.tokens - len(taken))
+        return taken
