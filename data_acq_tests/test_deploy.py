@@ -1,7 +1,9 @@
-"""The production deployment, as far as this machine can run it: the production instance on a
-real PostgreSQL, its run monitoring failing dead runs in a real daemon, its run queue (one run
-per partition key, room for drains) and the task sizes its run launcher asks for, and the
-image's entry commands in a virtual environment built like the image.
+"""The production deployment, as far as this machine can run it: the production instance as the
+entry point renders it from the settings, on a real PostgreSQL; its run monitoring failing dead
+runs in a real daemon; its run queue (a window run and its successor per drain and live worker,
+one run per partition key, processing capped, room for drains) and the task sizes its run
+launcher asks for; the alarms' log filters against what runs print; and the image's entry
+commands in a virtual environment built like the image.
 
 No Docker engine runs here, so the image itself is not built; see README ("Deployment").
 """
@@ -9,6 +11,7 @@ No Docker engine runs here, so the image itself is not built; see README ("Deplo
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shlex
@@ -20,8 +23,9 @@ import time
 import tomllib
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import boto3
 import cfnlint.decode as cfnlint_decode
@@ -35,6 +39,7 @@ from dagster import (
     DagsterRunStatus,
     Definitions,
     RunsFilter,
+    instance_for_test,
 )
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.utils import make_new_run_id
@@ -42,15 +47,37 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from data_acq.defs.jobs import PROCESSING_TASK, stage_job
+from data_acq.defs.acquisition import raw_messages
+from data_acq.defs.jobs import PROCESSING_TASK, broker_check, drain_job, stage_job
 from data_acq.defs.processing import staged_raw, warehouse
-from data_acq.defs.resources import LocalStorage
-from data_acq.devtools.local_broker import free_port
-from data_acq.settings import Settings
+from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
+from data_acq.defs.windows import KIND_TAG, SUBSCRIPTION_TAG, WORKER_TAG
+from data_acq.devtools.local_broker import LocalMosquitto, free_port
+from data_acq.settings import SettingsError
 from data_acq_tests.conftest import MotoS3
+from data_acq_tests.drain_helpers import publish_in_background, unique_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
+
+
+def _load_renderer() -> ModuleType:
+    """deploy/render_instance.py, which the entry point runs (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("render_instance", DEPLOY / "render_instance.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+renderer = _load_renderer()
+
+
+def _rendered(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The production instance as the entry point writes it for these settings."""
+    config = yaml.safe_load(renderer.render((DEPLOY / "dagster.yaml").read_text(), env or {}))
+    assert isinstance(config, dict)
+    return config
 
 
 @pytest.fixture
@@ -80,13 +107,11 @@ def _production_home(
     monkeypatch: pytest.MonkeyPatch,
     config: dict[str, object] | None = None,
 ) -> Path:
-    """DAGSTER_HOME with deploy/dagster.yaml (or `config`), its environment set as ECS sets it,
-    and the AWS side it loads (compute log bucket, run task definition) in moto."""
+    """DAGSTER_HOME with the production instance rendered for the default settings (or
+    `config`), its environment set as ECS sets it, and the AWS side it loads (compute log
+    bucket, run task definition) in moto."""
     home.mkdir()
-    if config is None:
-        shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    else:
-        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    (home / "dagster.yaml").write_text(yaml.safe_dump(_rendered() if config is None else config))
     moto_s3.client().create_bucket(Bucket="acq-logs")  # type: ignore[attr-defined]
     # the run task definition deploy/cfn.yaml declares; EcsRunLauncher reads it when it loads
     boto3.client(
@@ -219,61 +244,157 @@ def _next_launched(instance: DagsterInstance) -> set[str]:
     return {run.run_id for run in runs}
 
 
-def test_production_run_queue_runs_one_run_per_partition(
+# settings of a deployment with two drains (one subscription, two drain workers), two live
+# workers and three backfill runs: the queue's limits follow them
+QUEUE_ENV = {
+    "DATA_ACQ_DRAIN_WORKERS": "2",
+    "DATA_ACQ_BUCKETS": "4",
+    "DATA_ACQ_LIVE_WORKERS": "2",
+    "DATA_ACQ_BACKFILL_RUNS": "3",
+}
+
+
+def _per_value(key: str, limit: int) -> dict[str, object]:
+    return {"key": key, "value": {"applyLimitPerUniqueValue": True}, "limit": limit}
+
+
+def test_run_queue_limits_follow_the_settings() -> None:
+    """What the entry point renders: two runs per drain and per live worker (a window run and
+    its waiting successor), one per partition key, processing runs capped at
+    DATA_ACQ_BACKFILL_RUNS, and places for all of them plus a few small jobs; the rest of
+    deploy/dagster.yaml as it is."""
+    default = _rendered()["concurrency"]["runs"]  # type: ignore[index]
+    assert default == {
+        "max_concurrent_runs": 2 * (1 + 1) + 4 + 4,
+        "tag_concurrency_limits": [
+            _per_value(SUBSCRIPTION_TAG, 2),
+            _per_value(WORKER_TAG, 2),
+            _per_value("dagster/partition", 1),
+            {"key": KIND_TAG, "value": "processing", "limit": 4},
+        ],
+    }
+    larger = _rendered({**QUEUE_ENV, "DATA_ACQ_SUBSCRIPTIONS": "data=a/+/u/data;meta=a/+/u/meta/#"})
+    runs = larger["concurrency"]["runs"]  # type: ignore[index]
+    assert runs["max_concurrent_runs"] == 2 * (2 * 2 + 2) + 3 + 4  # 4 drains, 2 live workers
+    assert runs["tag_concurrency_limits"][-1] == {
+        "key": KIND_TAG,
+        "value": "processing",
+        "limit": 3,
+    }
+    # everything else is deploy/dagster.yaml's, whose own run queue launches nothing
+    template = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    assert template["concurrency"] == {"runs": {"max_concurrent_runs": 0}}
+    assert {k: v for k, v in larger.items() if k != "concurrency"} == {
+        k: v for k, v in template.items() if k != "concurrency"
+    }
+    # the settings the code refuses, the renderer refuses; and DATA_ACQ_BACKFILL_RUNS's bounds
+    for refused in (
+        {"DATA_ACQ_LIVE_WORKERS": "2"},  # more live workers than buckets
+        {"DATA_ACQ_DRAIN_WORKERS": "0"},
+        {"DATA_ACQ_BACKFILL_RUNS": "0"},
+        {"DATA_ACQ_BACKFILL_RUNS": str(renderer.MAX_BACKFILL_RUNS + 1)},
+        {"DATA_ACQ_BACKFILL_RUNS": "four"},
+    ):
+        with pytest.raises(SettingsError):
+            _rendered(refused)
+    assert renderer.backfill_runs({"DATA_ACQ_BACKFILL_RUNS": "1"}) == 1
+    assert renderer.backfill_runs({"DATA_ACQ_BACKFILL_RUNS": " 256 "}) == 256
+    # the renderer's tag keys are the ones the jobs and sensors set
+    assert (renderer.KIND_TAG, renderer.SUBSCRIPTION_TAG, renderer.WORKER_TAG) == (
+        KIND_TAG,
+        SUBSCRIPTION_TAG,
+        WORKER_TAG,
+    )
+
+
+def test_production_run_queue_overlaps_windows_and_caps_processing(
     postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """deploy/dagster.yaml's run queue, as the pinned Dagster reads it on PostgreSQL: units fan out
-    as separate runs, never two at once for one partition key (unit or day) or subscription, no
-    concurrency pool is left from the warehouse refresh, and processing runs cannot take the
-    places drains need."""
-    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    """The rendered run queue, as the pinned Dagster's daemon selects runs from PostgreSQL: a
+    drain's and a live worker's successor starts while its predecessor runs (two per slot,
+    never three), never two runs of one partition key, at most DATA_ACQ_BACKFILL_RUNS
+    processing runs, and drains, live runs and the small jobs still start while processing
+    runs fill their cap."""
+    config = _rendered(QUEUE_ENV)
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch, config)
     instance = DagsterInstance.from_config(str(home))
     try:
         concurrency = instance.get_concurrency_config()
         queue = concurrency.run_queue_config
         assert queue is not None
-        per_value = {"applyLimitPerUniqueValue": True}
-        assert queue.tag_concurrency_limits == [
-            {"key": "data_acq/subscription", "value": per_value, "limit": 1},
-            {"key": "dagster/partition", "value": per_value, "limit": 1},
-            {"key": "ecs/cpu", "value": PROCESSING_TASK["ecs/cpu"], "limit": 40},
-        ]
-        # a live day's units (one per bucket), stage_raw and the charts fit under the processing
-        # limit, with places left over for drains and the small jobs
-        assert queue.max_concurrent_runs == 48
-        assert Settings.from_env({}).buckets + 2 <= 40 < queue.max_concurrent_runs
-        # no pool: the warehouse is views now, and no job names a pool
+        assert queue.max_concurrent_runs == 2 * (2 + 2) + 3 + 4
+        # no pool: the warehouse is views, and no job names a pool
         assert "pools" not in instance.get_settings("concurrency")
         assert concurrency.pool_config.default_pool_limit is None
         assert concurrency.pool_config.pool_granularity is None
 
         started, queued = DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED
+
+        def drain(status: DagsterRunStatus, subscription: str) -> str:
+            return _add_run(instance, "drain", status, **{SUBSCRIPTION_TAG: subscription})
+
+        def live(status: DagsterRunStatus, worker: int) -> str:
+            return _add_run(instance, "live_processing", status, **{WORKER_TAG: str(worker)})
+
+        def clear() -> None:
+            for run in instance.get_runs():
+                instance.delete_run(run.run_id)
+
+        # windows: each running window gets its successor, and only one
+        drain(started, "main-1")
+        live(started, 1)
+        drain_successor, drain_third = drain(queued, "main-1"), drain(queued, "main-1")
+        live_successor, live_third = live(queued, 1), live(queued, 1)
+        other_drain, other_live = drain(queued, "main-2"), live(queued, 2)
+        launched = _next_launched(instance)
+        assert launched == {drain_successor, live_successor, other_drain, other_live}
+        assert not launched & {drain_third, live_third}
+
+        # partitions: never two runs of one unit or day, whoever launched them
+        clear()
         _add_run(instance, "curate_unit", started, partition="07|2024-10-12")
-        _add_run(instance, "drain", started, **{"data_acq/subscription": "main"})
         same_unit = _add_run(instance, "curate_unit", queued, partition="07|2024-10-12")
         other_unit = _add_run(instance, "curate_unit", queued, partition="08|2024-10-12")
         other_unit_again = _add_run(instance, "curate_unit", queued, partition="08|2024-10-12")
-        next_day = _add_run(instance, "curate_unit", queued, partition="07|2024-10-13")
         charts = _add_run(instance, "draw_charts", queued, partition="2024-10-12")
-        stage = _add_run(instance, "stage_raw", queued)
-        same_drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main"})
-        other_drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main-2"})
         launched = _next_launched(instance)
-        assert launched == {other_unit, next_day, charts, stage, other_drain}
-        assert not launched & {same_unit, other_unit_again, same_drain}
+        assert launched == {other_unit, charts}  # 3 processing runs with the one going
+        assert not launched & {same_unit, other_unit_again}
 
-        # a backlog: 40 processing runs going, more units queued -- a drain still starts
-        for run in instance.get_runs():
-            instance.delete_run(run.run_id)
-        for n in range(40):
-            day, bucket = ("2024-10-12", n) if n < 32 else ("2024-10-13", n - 32)
-            _add_run(instance, "curate_unit", started, partition=f"{bucket:02d}|{day}")
-        waiting_unit = _add_run(instance, "curate_unit", queued, partition="09|2024-10-13")
-        waiting_stage = _add_run(instance, "stage_raw", queued)
-        drain = _add_run(instance, "drain", queued, **{"data_acq/subscription": "main"})
+        # a backfill: 3 processing runs fill the cap, more are queued -- drains, live runs and
+        # the small jobs still start; the processing runs wait
+        clear()
+        for bucket in range(3):
+            _add_run(instance, "curate_unit", started, partition=f"{bucket:02d}|2024-10-12")
+        waiting = {
+            _add_run(instance, "curate_unit", queued, partition="03|2024-10-12"),
+            _add_run(instance, "stage_raw", queued),
+            _add_run(instance, "draw_charts", queued, partition="2024-10-12"),
+        }
+        windows = {drain(queued, "main-1"), drain(queued, "main-2"), live(queued, 1)}
+        windows.add(live(queued, 2))
         purge = _add_run(instance, "purge_old_runs", queued)
-        assert _next_launched(instance) == {drain, purge}
-        assert waiting_unit and waiting_stage
+        launched = _next_launched(instance)
+        assert launched == {*windows, purge}
+        assert not launched & waiting
+
+        # everything at its limit: every slot with a run and its successor, the processing cap
+        # full: the small jobs have their 4 places, and a 5th waits
+        clear()
+        for subscription in ("main-1", "main-2"):
+            drain(started, subscription)
+            drain(started, subscription)
+        for worker in (1, 2):
+            live(started, worker)
+            live(started, worker)
+        for bucket in range(3):
+            _add_run(instance, "curate_unit", started, partition=f"{bucket:02d}|2024-10-12")
+        small = [_add_run(instance, "purge_old_runs", queued) for _ in range(4)]
+        small.append(_add_run(instance, "broker_check", queued))
+        third_window = drain(queued, "main-1")
+        launched = _next_launched(instance)
+        assert launched == set(small[:4])
+        assert third_window not in launched
     finally:
         instance.dispose()
 
@@ -293,6 +414,7 @@ def test_production_launcher_sizes_each_job_within_fargate(
         sizes = {}
         for job_name in (
             "drain",
+            "live_processing",
             "stage_raw",
             "curate_unit",
             "draw_charts",
@@ -307,7 +429,13 @@ def test_production_launcher_sizes_each_job_within_fargate(
         assert sizes["drain"] == (512, 1024)
         processing = (int(PROCESSING_TASK["ecs/cpu"]), int(PROCESSING_TASK["ecs/memory"]))
         assert processing == (1024, 4096)
-        for job_name in ("stage_raw", "curate_unit", "draw_charts", "purge_old_runs"):
+        for job_name in (
+            "live_processing",
+            "stage_raw",
+            "curate_unit",
+            "draw_charts",
+            "purge_old_runs",
+        ):
             assert sizes[job_name] == processing, job_name  # tags, or run_resources
         for job_name, (cpu, memory) in sizes.items():
             assert memory in fargate_memory[cpu], (job_name, cpu, memory)
@@ -320,6 +448,95 @@ def _filter_terms(pattern: str) -> list[str]:
     terms = re.findall(r'\?"([^"]+)"', pattern)
     assert terms and re.sub(r'\s*\?"[^"]+"\s*', "", pattern) == "", pattern
     return terms
+
+
+def _matched(pattern: str, lines: list[str]) -> list[str]:
+    """The lines a CloudWatch Logs `"a" "b"` pattern matches: each has every quoted term
+    (CloudWatch's exact-phrase match, case-sensitive). No other syntax is modelled."""
+    terms = re.findall(r'"([^"]+)"', pattern)
+    assert terms and re.sub(r'\s*"[^"]+"\s*', "", pattern) == "", pattern
+    return [line for line in lines if all(term in line for term in terms)]
+
+
+def _template_resources() -> dict[str, dict[str, object]]:
+    template, _ = cfnlint_decode.decode_str((DEPLOY / "cfn.yaml").read_text())
+    assert isinstance(template, dict)
+    return dict(template["Resources"])
+
+
+def _filter_pattern(resources: Mapping[str, dict[str, object]], name: str) -> str:
+    properties = resources[name]["Properties"]
+    assert isinstance(properties, dict)
+    return str(properties["FilterPattern"])
+
+
+def test_alarm_filters_count_what_runs_print(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The run-log lines that the failed-runs and stale raw data alarms count (deploy/cfn.yaml),
+    as real runs print them to the console (what ECS sends to the run log group): a drain
+    window that stored nothing and one that stored messages, and a failed run of the drain and
+    of another job. A successful run prints no RUN_FAILURE."""
+    resources = _template_resources()
+    run_failure = _filter_pattern(resources, "RunLogRunFailureFilter")
+    assert _filter_pattern(resources, "DaemonLogRunFailureFilter") == run_failure
+    windows = _filter_pattern(resources, "RunLogDrainWindowFilter")
+    empty = _filter_pattern(resources, "RunLogEmptyDrainWindowFilter")
+
+    def defs(port: int) -> Definitions:
+        mqtt = MQTTBroker(
+            host="127.0.0.1",
+            port=port,
+            topics=["a/+/u/data"],
+            client_id="alarm-lines",
+            ca_certificate=CACertificate(cache_dir=str(tmp_path / "ca")),
+        )
+        storage = LocalStorage(root=str(tmp_path / "store"))
+        return Definitions(
+            assets=[raw_messages],
+            jobs=[drain_job, broker_check],
+            resources={"mqtt": mqtt, "storage": storage},
+        )
+
+    config = {"ops": {"raw_messages": {"config": {"idle_exit_s": 0.5, "max_seconds": 5.0}}}}
+    with (
+        instance_for_test() as instance,
+        LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 1000",)) as broker,
+    ):
+        drain = defs(broker.port).resolve_job_def("drain")
+        assert drain.execute_in_process(run_config=config, instance=instance).success  # the session
+        publish_in_background(broker.port, unique_messages(20)).join(30)  # queued in it
+        time.sleep(0.2)
+        until_idle = {
+            "ops": {"raw_messages": {"config": {"idle_exit_s": 2.0, "max_seconds": 20.0}}}
+        }
+        assert drain.execute_in_process(run_config=until_idle, instance=instance).success
+        printed = capfd.readouterr()
+        lines = (printed.out + printed.err).splitlines()
+        refused = defs(free_port())
+        for job_name in ("drain", "broker_check"):
+            run = refused.resolve_job_def(job_name).execute_in_process(
+                run_config=config if job_name == "drain" else None,
+                instance=instance,
+                raise_on_error=False,
+            )
+            assert not run.success, job_name
+    printed = capfd.readouterr()
+    failed_lines = (printed.out + printed.err).splitlines()
+
+    # the two windows: both end with the line, one stored nothing
+    with_data = [line for line in _matched(windows, lines) if line not in _matched(empty, lines)]
+    assert len(_matched(windows, lines)) == 2, lines
+    assert len(_matched(empty, lines)) == 1
+    (stored,) = with_data
+    assert "window ended: 20 messages stored in" in stored
+    assert not _matched(run_failure, lines)  # they succeeded
+    # each failed run, whatever its job, prints one line the failed-runs filter counts
+    failures = _matched(run_failure, failed_lines)
+    assert len(failures) == 2, failed_lines
+    assert [f for f in failures if 'for "drain" failed' in f]
+    assert [f for f in failures if 'for "broker_check" failed' in f]
+    assert not _matched(windows, failed_lines)  # no window ended: the drain never connected
 
 
 def _group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -349,10 +566,10 @@ def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
     dagster/max_runtime tag (STARTED, task running). Each ends in FAILURE, gets a retry run,
     and writes a daemon log line that the failed-drain alarm's metric filter (deploy/cfn.yaml)
     counts."""
-    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    config["run_monitoring"].update(poll_interval_seconds=1, start_timeout_seconds=2)
+    config = _rendered()
+    config["run_monitoring"].update(poll_interval_seconds=1, start_timeout_seconds=2)  # type: ignore[attr-defined]
     # keep the retries queued: launching them would start ECS tasks, which moto cannot run
-    config["concurrency"]["runs"]["max_concurrent_runs"] = 0
+    config["concurrency"]["runs"]["max_concurrent_runs"] = 0  # type: ignore[index]
     home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch, config)
     code_port = free_port()
     monkeypatch.setenv("DAGSTER_CODE_HOST", "127.0.0.1")  # read by deploy/workspace.yaml
@@ -467,7 +684,11 @@ def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
                 if run.parent_run_id in dead
             }
 
-        assert _until(lambda: len(retries()) == 3, timeout=60), daemon_log.read_text()
+        # each retry is created (NOT_STARTED), then submitted to the queue (QUEUED)
+        assert _until(
+            lambda: [r.status for r in retries().values()] == [DagsterRunStatus.QUEUED] * 3,
+            timeout=60,
+        ), daemon_log.read_text()
         for run_id in dead:
             run = instance.get_run_by_id(run_id)
             assert run is not None and run.status == DagsterRunStatus.FAILURE
@@ -501,6 +722,23 @@ def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
     assert any(f"Marking run {oom_killed} as failed" in line for line in counted), lines
     assert any("seconds to start" in line for line in counted), lines
     assert any(hung in line and "exceeded maximum runtime" in line for line in counted), lines
+
+
+def test_daemon_filter_names_the_pinned_daemons_launch_failure() -> None:
+    """A run whose launch fails (RunTask refused) is failed by the daemon's run queue without a
+    RUN_FAILURE line; the pinned Dagster logs this message for it (read from its source: no
+    launch failure is produced here), which the daemon's filter counts."""
+    import inspect
+
+    from dagster._daemon.run_coordinator import queued_run_coordinator_daemon
+
+    source = inspect.getsource(queued_run_coordinator_daemon)
+    launch = source.index("instance.run_launcher.launch_run(")
+    logged = source.index('log_message=f"Caught an error dequeuing run {run.run_id}"', launch)
+    assert logged - launch < 400  # in the except clause around the launch
+    resources = _template_resources()
+    terms = _filter_terms(_filter_pattern(resources, "DaemonLogRunMonitoringFailureFilter"))
+    assert "Caught an error dequeuing run" in terms
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -676,15 +914,70 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv_bin.parent
 
 
-def _role(venv: Path, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    path = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
-    return subprocess.Popen(
-        [str(DEPLOY / "entrypoint.sh"), role],
-        env={**os.environ, **env, "PATH": path},
-        cwd=str(venv.parents[1]),  # not the image's WORKDIR: the installed package must be enough
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+def _role(venv: Path, role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [str(DEPLOY / "entrypoint.sh"), role],
+            env={**os.environ, **env, "PATH": _path(venv / "bin")},
+            cwd=str(venv.parents[1]),  # not the image's WORKDIR: the installed package must do
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _path(bin_dir: Path) -> str:
+    """PATH with `bin_dir` first, as the image's PATH has its virtual environment."""
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _entry_point(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """deploy/entrypoint.sh with this interpreter's environment first on PATH, and only the
+    DATA_ACQ_* and MQTT_* variables given in `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATA_ACQ_", "MQTT_"))}
+    return subprocess.run(
+        [str(DEPLOY / "entrypoint.sh"), *args],
+        env={**base, "PATH": _path(Path(sys.executable).parent), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
+
+
+def test_entry_point_renders_the_instance_for_every_role(tmp_path: Path) -> None:
+    """Whatever the command (a role, or a run's command passed through), the entry point first
+    writes $DAGSTER_HOME/dagster.yaml with the run queue for the container's settings."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"DAGSTER_HOME": str(home), **QUEUE_ENV}
+    done = _entry_point("sh", "-c", 'head -1 "$DAGSTER_HOME/dagster.yaml"', env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("# Rendered by deploy/render_instance.py")
+    written = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert written == _rendered(QUEUE_ENV)
+    assert written["concurrency"]["runs"]["max_concurrent_runs"] == 2 * (2 + 2) + 3 + 4
+    assert not [p.name for p in home.iterdir() if p.name != "dagster.yaml"]  # no partial file
+
+
+def test_entry_point_refuses_unusable_settings_in_one_line(tmp_path: Path) -> None:
+    """Settings that cannot be used stop the container before any Dagster process starts: exit
+    code 1, one line naming the variable, and the instance file left as it was."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for bad, variable in (
+        ({"DATA_ACQ_LIVE_WORKERS": "3", "DATA_ACQ_BUCKETS": "2"}, "DATA_ACQ_LIVE_WORKERS"),
+        ({"DATA_ACQ_BACKFILL_RUNS": "0"}, "DATA_ACQ_BACKFILL_RUNS"),
+        ({"DATA_ACQ_HANDOVER": "-5"}, "DATA_ACQ_HANDOVER"),
+    ):
+        for role in ("daemon", "webserver", "code-server", "dagster"):
+            done = _entry_point(role, "--version", env={"DAGSTER_HOME": str(home), **bad})
+            assert done.returncode == 1, (role, bad, done.stderr)
+            assert done.stdout == ""
+            (line,) = done.stderr.splitlines()
+            assert line.startswith("data-acq: cannot start") and variable in line, line
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    assert [p.name for p in home.iterdir()] == ["dagster.yaml"]
 
 
 def test_image_venv_holds_data_acq_itself_and_no_dev_tools(image_venv: Path) -> None:
@@ -712,28 +1005,44 @@ def _until(check: object, timeout: float = 90) -> bool:
 
 
 @pytest.mark.slow
-def test_entry_commands_in_a_venv_built_like_the_image(image_venv: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # sqlite, no AWS here
+def test_entry_commands_in_a_venv_built_like_the_image(
+    image_venv: Path,
+    postgres_db: str,
+    moto_s3: MotoS3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The code server, webserver and daemon start through the entry point on the production
+    instance it renders (PostgreSQL, S3 compute logs and the ECS run launcher, moto standing in
+    for AWS), with the run queue sized from the container's settings; a run's command passes
+    through."""
+    # DAGSTER_HOME holds deploy/dagster.yaml unrendered (its queue launches nothing) until then
+    template = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    home = _production_home(tmp_path / "home", postgres_db, moto_s3, monkeypatch, template)
     code_port, web_port = free_port(), free_port()
     env = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_CODE_HOST": "127.0.0.1",
         "DAGSTER_CODE_PORT": str(code_port),
         "DATA_ACQ_STORAGE": str(tmp_path / "store"),
+        **QUEUE_ENV,
     }
     bin_dir = image_venv / "bin"
     usage = subprocess.run([str(DEPLOY / "entrypoint.sh")], capture_output=True, check=False)
     assert usage.returncode == 2 and b"webserver | daemon | code-server" in usage.stderr
-    processes = [_role(image_venv, "code-server", {**env, "PORT": str(code_port)})]
+    logs = {role: tmp_path / f"{role}.log" for role in ("code-server", "webserver", "daemon")}
+    processes = [
+        _role(image_venv, "code-server", {**env, "PORT": str(code_port)}, logs["code-server"])
+    ]
     try:
         health = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
         assert _until(
             lambda: subprocess.run(health, capture_output=True, check=False).returncode == 0
+        ), logs["code-server"].read_text()
+        processes.append(
+            _role(image_venv, "webserver", {**env, "PORT": str(web_port)}, logs["webserver"])
         )
-        processes.append(_role(image_venv, "webserver", {**env, "PORT": str(web_port)}))
-        processes.append(_role(image_venv, "daemon", env))
+        processes.append(_role(image_venv, "daemon", env, logs["daemon"]))
 
         def webserver_up() -> bool:
             try:
@@ -744,7 +1053,7 @@ def test_entry_commands_in_a_venv_built_like_the_image(image_venv: Path, tmp_pat
             except OSError:
                 return False
 
-        assert _until(webserver_up)
+        assert _until(webserver_up), logs["webserver"].read_text()
         liveness = [str(bin_dir / "dagster-daemon"), "liveness-check"]
         assert _until(
             lambda: (
@@ -753,10 +1062,19 @@ def test_entry_commands_in_a_venv_built_like_the_image(image_venv: Path, tmp_pat
                 ).returncode
                 == 0
             )
-        )
+        ), logs["daemon"].read_text()
+        # the instance they run on: rendered for these settings
+        instance = DagsterInstance.from_config(str(home))
+        try:
+            queue = instance.get_concurrency_config().run_queue_config
+            assert queue is not None and queue.max_concurrent_runs == 2 * (2 + 2) + 3 + 4
+            assert type(instance.run_launcher).__name__ == "EcsRunLauncher"
+        finally:
+            instance.dispose()
         # a run's command passes through unchanged (EcsRunLauncher: `dagster api execute_run ...`)
         passthrough = subprocess.run(
             [str(DEPLOY / "entrypoint.sh"), str(bin_dir / "dagster"), "--version"],
+            env={**os.environ, **env, "PATH": _path(bin_dir)},
             capture_output=True,
             check=True,
         )

@@ -1,8 +1,9 @@
 """The AWS deployment template, deploy/cfn.yaml: cfn-lint finds nothing, the resources the
 deployment needs are declared, the bucket is locked down, no secret is written into it, the web
 UI is internal or behind HTTPS and a login, the containers get the broker CA's pin and the
-processing settings, the Glue tables project the folders and columns the pipeline writes, and
-the run tasks may write (and delete) exactly what processing writes (and deletes).
+processing settings, every alarm notifies someone, the database is sized for its retention, the
+Glue tables project the folders and columns the pipeline writes, and the run tasks may write
+(and delete) exactly what processing writes (and deletes).
 
 Nothing is deployed; the template is read as CloudFormation reads it (short-form intrinsics
 such as !Ref and !Sub included) by cfn-lint's own loader. For the access modes it is rendered
@@ -14,13 +15,15 @@ Fn::EachMemberEquals) -- a model of what CloudFormation does with them, not Clou
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # cfn-lint, a dev dependency: its loader reads the short-form intrinsics (!Ref, !Sub ...)
@@ -42,6 +45,7 @@ from data_acq.sites import bucket_of
 from data_acq.storage import LocalStore
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cfn.yaml"
+RENDERER = TEMPLATE.with_name("render_instance.py")  # sizes the run queue at container start
 
 # keys whose value, if a plain string, would be a secret written into the template
 SECRET_KEY = re.compile(r"(password|passwd|secret|secretstring|token|apikey|accesskey)$", re.I)
@@ -281,7 +285,7 @@ def test_launcher_role_may_pass_only_the_run_task_roles(template: dict[str, Any]
     assert "task-definition/data-acq-run:*" in run_task["Resource"]["Fn::Sub"]
 
 
-# --- the web UI's access modes, the broker CA's pin, the failed-drain alarm -------------------
+# --- the web UI's access modes, the broker CA's pin, the alarms ---------------------------------
 
 NO_VALUE = {"Ref": "AWS::NoValue"}
 # values for the parameters without a default
@@ -291,6 +295,7 @@ REQUIRED = {
     "AllowedCidr": "10.8.0.0/16",
     "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/data-acq:1",
     "MqttClientId": "data-acq-test",
+    "AlarmEmail": "ops@example.org",
 }
 PUBLIC = {
     "WebUiAccess": "public-with-login",
@@ -521,25 +526,181 @@ def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> 
     assert not [f for f, env in environments(_render(template)).items() if "CA_CERT_SHA256" in env]
 
 
-def test_failed_drain_alarm_counts_runs_failed_by_monitoring(template: dict[str, Any]) -> None:
-    filters = _of_type(template, "AWS::Logs::MetricFilter")
-    monitoring = filters["DaemonLogRunMonitoringFailureFilter"]["Properties"]
+def _alarms(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: r["Properties"] for name, r in _of_type(template, "AWS::CloudWatch::Alarm").items()
+    }
+
+
+def _metric_stats(alarm: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A metric math alarm's metrics by id: {id: MetricStat}."""
+    return {m["Id"]: m["MetricStat"] for m in alarm["Metrics"] if "MetricStat" in m}
+
+
+def _filters_of(template: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
+    """The properties of every metric filter that feeds `metric`."""
+    return [
+        f["Properties"]
+        for f in _of_type(template, "AWS::Logs::MetricFilter").values()
+        if f["Properties"]["MetricTransformations"][0]["MetricName"] == metric
+    ]
+
+
+def test_every_alarm_notifies_the_required_address(template: dict[str, Any]) -> None:
+    """AlarmEmail has no default and must be an address, and every alarm sends to its topic
+    (on alarm and on recovery): no alarm that nobody hears."""
+    parameter = template["Parameters"]["AlarmEmail"]
+    assert "Default" not in parameter
+    for accepted in ("ops@example.org", "first.last+data-acq@ops.example.co.uk"):
+        assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
+    for refused in ("", "ops", "ops@example", "ops @example.org", "a@b@example.org"):
+        assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
+
+    rendered = _render(template)
+    (topic,) = _of_type(rendered, "AWS::SNS::Topic")
+    (subscription,) = _of_type(rendered, "AWS::SNS::Subscription").values()
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": topic},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlarmEmail"},
+    }
+    alarms = _alarms(rendered)
+    assert set(alarms) == {
+        "DaemonNotRunningAlarm",
+        "CodeServerUnhealthyAlarm",
+        "FailedRunsAlarm",
+        "StaleRawDataAlarm",
+        "DatabaseStorageLowAlarm",
+    }
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": topic}], name
+        assert alarm["OKActions"] == [{"Ref": topic}], name
+    assert "HasAlarmEmail" not in template["Conditions"]
+
+
+def test_failed_runs_alarm_counts_every_job_and_runs_the_daemon_fails(
+    template: dict[str, Any],
+) -> None:
+    """RUN_FAILURE of any job in the run and daemon logs, and the daemon's lines for the runs it
+    fails itself, run monitoring's and the run queue's launch errors (the lines themselves:
+    test_deploy.py, from real runs and a real daemon)."""
+    monitoring = _resources(template)["DaemonLogRunMonitoringFailureFilter"]["Properties"]
     assert monitoring["LogGroupName"] == {"Ref": "DaemonLogGroup"}
     (transformation,) = monitoring["MetricTransformations"]
-    assert transformation["MetricName"] == "RunsFailedByMonitoring"
-    # the lines it must match are those of a real daemon: test_deploy.py's run monitoring test
+    assert transformation["MetricName"] == "RunsFailedByDaemon"
+    failures = _filters_of(template, "FailedRuns")
+    assert sorted(f["LogGroupName"]["Ref"] for f in failures) == ["DaemonLogGroup", "RunLogGroup"]
+    for failure in failures:
+        assert failure["FilterPattern"] == '"- RUN_FAILURE -"'  # names no job
 
-    alarm = _resources(template)["FailedDrainRunsAlarm"]["Properties"]
-    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m}
-    assert {m["MetricName"] for m in stats.values()} == {
-        "FailedDrainRuns",
-        "RunsFailedByMonitoring",
+    alarm = _alarms(template)["FailedRunsAlarm"]
+    stats = _metric_stats(alarm)
+    assert {m["Metric"]["MetricName"] for m in stats.values()} == {
+        "FailedRuns",
+        "RunsFailedByDaemon",
     }
-    assert all(m["Namespace"] == transformation["MetricNamespace"] for m in stats.values())
+    assert all(
+        m["Metric"]["Namespace"] == transformation["MetricNamespace"] for m in stats.values()
+    )
     (expression,) = [m for m in alarm["Metrics"] if m.get("ReturnData")]
-    assert all(metric_id in expression["Expression"] for metric_id in stats)
+    assert all(f"FILL({metric_id}, 0)" in expression["Expression"] for metric_id in stats)
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["Threshold"] == 1
+    assert "FailedDrainRunsAlarm" not in _resources(template)  # folded into this one
+
+
+def test_stale_raw_data_alarm_counts_windows_that_stored_messages(
+    template: dict[str, Any],
+) -> None:
+    """Drain windows that ended, less those that stored nothing, per minute; no such window in
+    RawFreshnessMinutes minutes -- or no line at all -- is an alarm. RawFreshnessMinutes is also
+    raw_messages' freshness in the UI (DATA_ACQ_RAW_FRESHNESS_MINUTES)."""
+    parameter = template["Parameters"]["RawFreshnessMinutes"]
+    assert int(parameter["Default"]) == Settings.from_env({}).raw_freshness_minutes == 30
+    # a drain window (600 s by default) ends well within the shortest limit, and the longest
+    # keeps the alarm's evaluation range (minutes x 60 s) within CloudWatch's one day
+    assert parameter["MinValue"] * 60 > Settings.from_env({}).drain_window_s
+    assert parameter["MaxValue"] * 60 <= 86_400
+
+    (windows,) = _filters_of(template, "DrainWindowsEnded")
+    (empty,) = _filters_of(template, "EmptyDrainWindowsEnded")
+    assert windows["LogGroupName"] == empty["LogGroupName"] == {"Ref": "RunLogGroup"}
+    alarm = _alarms(template)["StaleRawDataAlarm"]
+    stats = _metric_stats(alarm)
+    ids = {m["Metric"]["MetricName"]: metric_id for metric_id, m in stats.items()}
+    assert set(ids) == {"DrainWindowsEnded", "EmptyDrainWindowsEnded"}
+    assert all(m["Period"] == 60 and m["Stat"] == "Sum" for m in stats.values())
+    (expression,) = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert expression["Expression"] == (
+        f"FILL({ids['DrainWindowsEnded']}, 0) - FILL({ids['EmptyDrainWindowsEnded']}, 0)"
+    )
+    assert (
+        alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == {"Ref": "RawFreshnessMinutes"}
+    )
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 1)
+    assert alarm["TreatMissingData"] == "breaching"  # no drain ran: no line at all
+    # the lines they must match are a real drain's: test_deploy.py
+
+
+def test_code_server_alarm_watches_its_running_tasks(template: dict[str, Any]) -> None:
+    """Container Insights' running task count of the code-server service, as for the daemon:
+    no agent to run; minutes without a task, or no report at all, breach."""
+    resources = _resources(template)
+    cluster = resources["Cluster"]["Properties"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+    for name, service in (
+        ("CodeServerUnhealthyAlarm", "CodeServerService"),
+        ("DaemonNotRunningAlarm", "DaemonService"),
+    ):
+        alarm = _alarms(template)[name]
+        assert (alarm["Namespace"], alarm["MetricName"]) == (
+            "ECS/ContainerInsights",
+            "RunningTaskCount",
+        )
+        assert {"Name": "ServiceName", "Value": {"Fn::GetAtt": [service, "Name"]}} in alarm[
+            "Dimensions"
+        ]
+        assert alarm["Statistic"] == "Minimum" and alarm["Threshold"] == 1
+        assert alarm["ComparisonOperator"] == "LessThanThreshold"
+        assert alarm["TreatMissingData"] == "breaching"
+    code = _alarms(template)["CodeServerUnhealthyAlarm"]
+    assert code["DatapointsToAlarm"] < code["EvaluationPeriods"]  # a crash loop's gaps add up
+    # a deployment keeps the running task until its replacement runs: no gap, no alarm
+    deployment = resources["CodeServerService"]["Properties"]["DeploymentConfiguration"]
+    assert deployment["MinimumHealthyPercent"] == 100
+    health = resources["CodeServerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert health["HealthCheck"]["Command"][:4] == ["CMD", "dagster", "api", "grpc-health-check"]
+
+
+# Dagster's database grows by under 100 MB a day at 300 sites (runs, event logs, ticks), and
+# purge_old_runs keeps 90 days of runs (data_acq/defs/jobs.py)
+DAGSTER_MB_A_DAY = 100
+RETENTION_DAYS = 90
+
+
+def test_database_storage_holds_its_retention_and_alarms_before_it_fills(
+    template: dict[str, Any],
+) -> None:
+    """The allocated storage holds the retained runs twice over (PostgreSQL reuses deleted rows'
+    space, not returns it; WAL and catalogs come on top), autoscaling holds years of growth, and
+    the free storage alarm is at 20% of the allocation."""
+    from data_acq.defs.jobs import RunRetention
+
+    assert RunRetention().days == RETENTION_DAYS
+    database = _resources(template)["Database"]["Properties"]
+    allocated, ceiling = int(database["AllocatedStorage"]), int(database["MaxAllocatedStorage"])
+    retained_gb = DAGSTER_MB_A_DAY * RETENTION_DAYS / 1000  # 9 GB at steady state
+    assert allocated >= 4 * retained_gb
+    assert ceiling / (DAGSTER_MB_A_DAY / 1000) / 365 >= 5  # years of growth, even unpurged
+    assert database["StorageType"] == "gp3" and database["DBInstanceClass"] == "db.t4g.micro"
+
+    alarm = _alarms(template)["DatabaseStorageLowAlarm"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/RDS", "FreeStorageSpace")
+    assert alarm["Dimensions"] == [{"Name": "DBInstanceIdentifier", "Value": {"Ref": "Database"}}]
+    assert alarm["Threshold"] == allocated * 0.2 * 2**30  # 20% of the allocation, in bytes
+    assert alarm["ComparisonOperator"] == "LessThanThreshold"
+    # the steady state stays above it: what the retention holds, twice, is used at most
+    assert (allocated - 2 * retained_gb) * 2**30 > alarm["Threshold"]
 
 
 # --- processing settings, the Glue tables over the curated data, the run tasks' access ---------
@@ -548,6 +709,11 @@ PROCESSING_ENV = {
     "DATA_ACQ_BUCKETS": "Buckets",
     "DATA_ACQ_START_DATE": "StartDate",
     "DATA_ACQ_REFRESH_INTERVAL": "RefreshIntervalSeconds",
+    "DATA_ACQ_LIVE_WORKERS": "LiveWorkers",
+    "DATA_ACQ_LIVE_WINDOW": "LiveWindowSeconds",
+    "DATA_ACQ_HANDOVER": "HandoverSeconds",
+    "DATA_ACQ_BACKFILL_RUNS": "BackfillRuns",
+    "DATA_ACQ_RAW_FRESHNESS_MINUTES": "RawFreshnessMinutes",
 }
 CURATED_TABLES = (*layout.HOURLY_TABLES, *layout.DAILY_TABLES)
 # Fargate's task sizes (Linux): cpu units -> the memory sizes (MiB) allowed with them
@@ -571,25 +737,58 @@ def _environments(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _renderer() -> ModuleType:
+    """deploy/render_instance.py (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("render_instance", RENDERER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_processing_settings_reach_every_dagster_container(template: dict[str, Any]) -> None:
-    """Buckets, StartDate and RefreshIntervalSeconds become DATA_ACQ_BUCKETS, _START_DATE and
-    _REFRESH_INTERVAL in the webserver, daemon, code server and run task, with the defaults and
-    bounds that data_acq.settings has: the code server and the runs must agree on the buckets."""
+    """Buckets, StartDate, RefreshIntervalSeconds, LiveWorkers, LiveWindowSeconds,
+    HandoverSeconds, BackfillRuns and RawFreshnessMinutes become their DATA_ACQ_* variables in
+    the webserver, daemon, code server and run task, with the defaults and bounds that
+    data_acq.settings (and, for DATA_ACQ_BACKFILL_RUNS, the run queue's renderer) has: the code
+    server, the daemon's run queue and the runs must agree."""
     parameters = template["Parameters"]
     defaults = Settings.from_env({})
-    assert int(parameters["Buckets"]["Default"]) == defaults.buckets == 32
+    renderer = _renderer()
+    assert int(parameters["Buckets"]["Default"]) == defaults.buckets == 1
     assert parameters["StartDate"]["Default"] == defaults.start_date.isoformat()
     assert int(parameters["RefreshIntervalSeconds"]["Default"]) == defaults.refresh_interval_s
-    for name, variable in (
-        ("Buckets", "DATA_ACQ_BUCKETS"),
-        ("RefreshIntervalSeconds", "DATA_ACQ_REFRESH_INTERVAL"),
-    ):
+    assert int(parameters["LiveWorkers"]["Default"]) == defaults.live_workers == 1
+    assert int(parameters["LiveWindowSeconds"]["Default"]) == defaults.live_window_s == 600
+    assert int(parameters["HandoverSeconds"]["Default"]) == defaults.handover_s == 90
+    assert int(parameters["BackfillRuns"]["Default"]) == renderer.backfill_runs({}) == 4
+    assert int(parameters["RawFreshnessMinutes"]["Default"]) == defaults.raw_freshness_minutes
+
+    def settings(env: dict[str, str]) -> object:
+        return Settings.from_env(env)
+
+    # parameter: (variable, what reads it, the other settings it is read with)
+    checks: dict[str, tuple[str, Callable[[dict[str, str]], object], dict[str, str]]] = {
+        "Buckets": ("DATA_ACQ_BUCKETS", settings, {}),
+        "RefreshIntervalSeconds": ("DATA_ACQ_REFRESH_INTERVAL", settings, {}),
+        # as many buckets as CloudFormation allows: only the live workers' own bounds count
+        "LiveWorkers": ("DATA_ACQ_LIVE_WORKERS", settings, {"DATA_ACQ_BUCKETS": "4096"}),
+        "LiveWindowSeconds": ("DATA_ACQ_LIVE_WINDOW", settings, {}),
+        "HandoverSeconds": ("DATA_ACQ_HANDOVER", settings, {}),
+        "BackfillRuns": ("DATA_ACQ_BACKFILL_RUNS", renderer.backfill_runs, {}),
+    }
+    for name, (variable, read, others) in checks.items():
         low, high = parameters[name]["MinValue"], parameters[name]["MaxValue"]
         for accepted in (low, high):  # what CloudFormation lets through, the settings take
-            Settings.from_env({variable: str(accepted)})
+            read({**others, variable: str(accepted)})
         for refused in (low - 1, high + 1):  # and they refuse what it refuses
             with pytest.raises(SettingsError):
-                Settings.from_env({variable: str(refused)})
+                read({**others, variable: str(refused)})
+    # the freshness limit is narrower than the settings' (2 to 100,000 minutes): the stale raw
+    # data alarm needs more than a drain window and at most a day (its test above)
+    freshness = parameters["RawFreshnessMinutes"]
+    for accepted in (freshness["MinValue"], freshness["MaxValue"]):
+        Settings.from_env({"DATA_ACQ_RAW_FRESHNESS_MINUTES": str(accepted)})
     # a full rebuild is needed when the buckets change: the description says so
     assert "rebuilt" in parameters["Buckets"]["Description"]
     pattern = parameters["StartDate"]["AllowedPattern"]
@@ -609,6 +808,17 @@ def test_processing_settings_reach_every_dagster_container(template: dict[str, A
     for family, env in environments.items():
         for variable, parameter in PROCESSING_ENV.items():
             assert env[variable] == {"Ref": parameter}, (family, variable)
+
+
+def test_rules_refuse_more_live_workers_than_one_bucket(template: dict[str, Any]) -> None:
+    """Rules cannot compare numbers: they refuse the common mistake (more live workers with
+    Buckets left at 1); past it, the containers refuse at start (test_deploy.py)."""
+    (refusal,) = _refusals(template, LiveWorkers="2")
+    assert "LiveWorkers" in refusal and "Buckets" in refusal
+    assert _refusals(template, LiveWorkers="2", Buckets="2") == []
+    assert _refusals(template, LiveWorkers="1", Buckets="32") == []
+    with pytest.raises(SettingsError, match="DATA_ACQ_LIVE_WORKERS"):
+        Settings.from_env({"DATA_ACQ_LIVE_WORKERS": "3", "DATA_ACQ_BUCKETS": "2"})
 
 
 def test_run_tasks_are_sized_per_job_within_fargate_sizes(template: dict[str, Any]) -> None:
