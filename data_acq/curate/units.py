@@ -212,16 +212,35 @@ def first_received(frame: pl.DataFrame, key: Iterable[str]) -> pl.DataFrame:
 
 
 def _readings_once(staged: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """One reading per key, the first received, and how many conflicting versions were dropped.
+    """One reading per key, the first received, in key order, and how many conflicting versions
+    were dropped.
 
     A redelivery (or a re-staging) repeats a reading's value; a logger whose clock jumped back
     sends another value under a key it used before. Both lose to the first received reading,
-    but only the second is counted as a conflict (the `conflicting_readings` check)."""
-    versions = staged.sort("received_at", nulls_last=True).unique(
-        subset=[*READING_KEY, "value", "value_text"], keep="first", maintain_order=True
+    but only the second is counted as a conflict (the `conflicting_readings` check). One sort
+    serves both the choice and the file's order; only the dropped rows (few) are compared with
+    the kept ones."""
+    ordered = staged.sort(
+        *READING_KEY, "received_at", nulls_last=True, maintain_order=True
+    ).with_row_index("_row")
+    once = ordered.unique(subset=list(READING_KEY), keep="first", maintain_order=True)
+    if once.height == ordered.height:
+        return once.drop("_row"), 0
+    dropped = ordered.join(once.select("_row"), on="_row", how="anti").unique(
+        subset=[*READING_KEY, "value", "value_text"]
     )
-    once = versions.unique(subset=list(READING_KEY), keep="first", maintain_order=True)
-    return once, versions.height - once.height
+    kept = once.select(*READING_KEY, kept_value="value", kept_text="value_text")
+    conflicts = (
+        dropped.join(kept, on=list(READING_KEY), nulls_equal=True)
+        .filter(
+            ~(
+                pl.col("value").eq_missing(pl.col("kept_value"))
+                & pl.col("value_text").eq_missing(pl.col("kept_text"))
+            )
+        )
+        .height
+    )
+    return once.drop("_row"), conflicts
 
 
 def _put(
@@ -262,7 +281,6 @@ def _build_hour(
     if readings is not None:
         stats["staged_readings"] = readings.height
         readings, stats["conflicts"] = _readings_once(readings)
-        readings = readings.sort(*READING_KEY, nulls_last=True)
         stats["readings"] = readings.height
         stats["ahead_of_receipt"], stats["max_lag_s"] = readings.select(
             (pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
@@ -300,8 +318,15 @@ def _build_hour(
 
 
 def _duplicates(readings: pl.DataFrame) -> int:
+    """Rows whose key another row has. The file is written in key order, so comparing each row
+    with the one before finds them all (a file out of that order is counted the slow way)."""
     keys = readings.select(READING_KEY)
-    return keys.height - keys.n_unique()
+    if not keys.select(pl.struct(READING_KEY)).to_series().is_sorted(nulls_last=True):
+        return keys.height - keys.n_unique()
+    same_as_previous = pl.all_horizontal(
+        pl.col(name).eq_missing(pl.col(name).shift(1)) for name in READING_KEY
+    )
+    return int(keys.select(same_as_previous.sum()).item())
 
 
 def _merge_partials(
