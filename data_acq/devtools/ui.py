@@ -51,6 +51,7 @@ LIVE_MINUTES = 10 * 366 * 24 * 60  # the loggers' live part: ten years, as good 
 START_TIMEOUT_S = 180.0  # for the webserver to answer; dagster dev takes 10-30 s to start
 STOP_GRACE_S = 6.0  # after SIGTERM, before SIGKILL; dagster dev takes 3-5 s to stop
 TAIL_LINES = 200  # dagster dev output kept to report a failed start
+INSTANCE_YAML = "nux:\n  enabled: false\ntelemetry:\n  enabled: false\n"
 
 
 class UiError(RuntimeError):
@@ -360,7 +361,10 @@ def run_ui(
         )
     folder = folder.resolve()
     (folder / "dagster_home").mkdir(parents=True, exist_ok=True)
-    (folder / "dagster_home" / "dagster.yaml").touch()
+    instance = folder / "dagster_home" / "dagster.yaml"
+    if not instance.exists() or not instance.read_text().strip():
+        # no newsletter dialog on the first page load, and nothing sent anywhere
+        instance.write_text(INSTANCE_YAML)
     url = f"http://{HOST}:{port}"
     with _lock(folder), _Interrupts() as interrupts:
         began = time.monotonic()
