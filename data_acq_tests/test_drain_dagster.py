@@ -377,50 +377,70 @@ def test_the_successor_is_requested_a_handover_before_the_window_ends(
     assert both.run_requests == [] and "a run and its successor are active" in str(both.skip_reason)
 
 
+@pytest.mark.parametrize("first", ["by hand", "sensor"])
 def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
-    tmp_path: Path, instance: DagsterInstance
+    tmp_path: Path, instance: DagsterInstance, first: str
 ) -> None:
-    """ "Materialize" on raw_messages (the asset job, no subscription tag) while the sensor's
-    drain works the same session: the later run is refused before it connects, and every
-    message published meanwhile is stored once the next drain has run."""
+    """ "Materialize" on raw_messages runs the asset job, without the drain job's name or the
+    subscription's tag. Whichever of it and the sensor's drain came first goes on: the sensor
+    requests no second drain while the first works its window, a later drain is refused before
+    it connects, the first never loses its connection to a second client, and every message
+    published meanwhile is stored once the next drain has run."""
     sent = unique_messages(400)
     store = LocalStore(tmp_path / "store")
     with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
         defs = _drain_defs(tmp_path, broker.port)
-        job = defs.resolve_job_def("drain")
+        drain = defs.resolve_job_def("drain")
+        asset_job = defs.get_implicit_global_asset_job_def()
         # a whole window ahead of it, ended early once the loggers are quiet
-        window = {"subscription": "main", "max_seconds": 600.0, "idle_exit_s": 3.0}
-        sensors_run: list = []
-        thread = threading.Thread(
-            target=lambda: sensors_run.append(
-                job.execute_in_process(
-                    run_config={"ops": {"raw_messages": {"config": window}}},
-                    tags={SUBSCRIPTION_TAG: "main"},  # as the sensor tags it
-                    instance=instance,
-                    raise_on_error=False,
-                )
-            )
-        )
+        window = {"ops": {"raw_messages": {"config": {"max_seconds": 600.0, "idle_exit_s": 3.0}}}}
+        quick = {"ops": {"raw_messages": {"config": {"max_seconds": 600.0}}}}
+        launch = {
+            "by hand": lambda config: asset_job.execute_in_process(
+                asset_selection=[AssetKey("raw_messages")],
+                run_config=config,
+                instance=instance,
+                raise_on_error=False,
+            ),
+            "sensor": lambda config: drain.execute_in_process(
+                run_config=config,
+                tags={SUBSCRIPTION_TAG: "main"},  # as the sensor tags it
+                instance=instance,
+                raise_on_error=False,
+            ),
+        }
+        second = "sensor" if first == "by hand" else "by hand"
+        done: list = []
+        thread = threading.Thread(target=lambda: done.append(launch[first](window)))
         thread.start()
         _wait_for_log(instance, "draining a/+/u/data")
         publisher = publish_in_background(broker.port, sent, rate=100)
-        by_hand = defs.get_implicit_global_asset_job_def().execute_in_process(
-            asset_selection=[AssetKey("raw_messages")], instance=instance, raise_on_error=False
-        )
-        assert not by_hand.success
-        assert AssetKey("raw_messages") in (by_hand.dagster_run.asset_selection or ())
-        message = by_hand.get_step_failure_events()[0].step_failure_data.error.message
+        if first == "by hand":  # the sensor counts the hand-launched drain as the slot's run
+            tick = _evaluate(instance, cursor='{"main": 1}')
+            assert tick.run_requests == []
+            assert "works it; its successor is launched in" in str(tick.skip_reason)
+        refused = launch[second](quick)
+        assert not refused.success
+        message = refused.get_step_failure_events()[0].step_failure_data.error.message
         assert "'main' is already being drained by run" in message
         assert "a second drain would take over its MQTT session" in message
         assert not any(
-            "draining" in (entry.user_message or "") for entry in instance.all_logs(by_hand.run_id)
+            "draining" in (entry.user_message or "") for entry in instance.all_logs(refused.run_id)
         )  # refused before it connected
         publisher.join(60)
         thread.join(60)
-        [first] = sensors_run
-        assert first.success
+        [worked] = done
+        assert worked.success
+        hand_run = worked if first == "by hand" else refused
+        assert hand_run.dagster_run.job_name == "__ASSET_JOB"  # as the UI's "Materialize" runs
+        lost = [
+            entry.user_message
+            for entry in instance.all_logs(worked.run_id)
+            if "lost" in (entry.user_message or "")
+        ]
+        assert lost == []  # no second client took its session over
         next_window = {"subscription": "main", "idle_exit_s": 1.0, "max_seconds": 30.0}
-        assert job.execute_in_process(
+        assert drain.execute_in_process(
             run_config={"ops": {"raw_messages": {"config": next_window}}}, instance=instance
         ).success
     assert missing(sent, store) == 0
