@@ -187,6 +187,9 @@ def test_production_instance_monitors_runs(
         assert instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 0
+        # a run that failed in its own code (a drain refused because its subscription is being
+        # drained) is not retried: it would be refused again
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
         # the daemon runs the monitoring thread and the retrying one
         assert {"MONITORING", "EVENT_LOG_CONSUMER"} <= set(instance.get_required_daemon_types())
         # a dead drain is noticed well within one drain window (DATA_ACQ_DRAIN_WINDOW, 600 s)
