@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dagster import (
     DagsterRun,
     DagsterRunStatus,
     Definitions,
+    EventLogEntry,
     SensorResult,
     build_sensor_context,
     instance_for_test,
@@ -29,7 +31,7 @@ from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import build_drain_sensor
-from data_acq.defs.windows import SUBSCRIPTION_TAG
+from data_acq.defs.windows import SUBSCRIPTION_TAG, window_left
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import Settings, Subscription
 from data_acq.storage import LocalStore
@@ -444,3 +446,26 @@ def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
             run_config={"ops": {"raw_messages": {"config": next_window}}}, instance=instance
         ).success
     assert missing(sent, store) == 0
+
+
+def test_a_window_counts_from_the_runs_start_its_wait_included(instance: DagsterInstance) -> None:
+    """A successor that waited for its predecessor works what is left of its window: counted
+    from the take-over instead, each generation would be launched earlier than the last (the
+    sensor counts from the start) and the overlap would grow without end."""
+    run = DagsterRun(job_name="drain", run_id=make_new_run_id(), status=DagsterRunStatus.STARTING)
+    instance.add_run(run)
+    instance.handle_new_event(
+        EventLogEntry(
+            error_info=None,
+            level=logging.DEBUG,
+            user_message="",
+            run_id=run.run_id,
+            timestamp=time.time() - 50,  # it started 50 s ago and waited since
+            dagster_event=DagsterEvent(
+                event_type_value=DagsterEventType.RUN_START.value, job_name="drain"
+            ),
+        )
+    )
+    assert 545 <= window_left(instance, run.run_id, 600) <= 550
+    assert window_left(instance, run.run_id, 80) == 60  # at least a minute of work
+    assert window_left(instance, run.run_id, 20) == 20  # or the whole of a short window

@@ -25,7 +25,7 @@ from data_acq.defs.checks import unit_checks
 from data_acq.defs.partitions import settings
 from data_acq.defs.processing import staging_metadata, unit_metadata
 from data_acq.defs.resources import PipelineQueue, Storage
-from data_acq.defs.windows import Slot, take_over
+from data_acq.defs.windows import Slot, take_over, window_left
 from data_acq.live.reports import Reports
 from data_acq.live.shares import Share
 from data_acq.live.window import STAGING, Tick, WindowLimits, WindowStats, live_ticks
@@ -104,12 +104,13 @@ def live_window(
         settings.handover_s,
         context.log.info,
     )
+    window_s = window_left(context.instance, context.run.run_id, config.window_s)
     context.log.info(
         f"{share}: buckets {_buckets(share)} of {settings.buckets}"
         f"{' (and staging)' if share.stages else ''}, every {config.interval_s:g} s for "
-        f"{config.window_s:g} s"
+        f"{window_s:.0f} s"
     )
-    limits = WindowLimits(window_s=config.window_s, interval_s=config.interval_s)
+    limits = WindowLimits(window_s=window_s, interval_s=config.interval_s)
     reports = Reports()
     stats = WindowStats()
     outside: set[tuple] = set()
@@ -135,7 +136,7 @@ def live_window(
         "unit_reports_left": len(reports.waiting),
         "failures": stats.failures,
         "cpu_s": round(stats.cpu_s, 1),
-        "busy_share": round(stats.busy_s / max(config.window_s, 1.0), 3),
+        "busy_share": round(stats.busy_s / max(window_s, 1.0), 3),
         "still_failing": MetadataValue.json(stats.failing),
     }
     if stats.failing:

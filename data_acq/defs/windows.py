@@ -146,6 +146,19 @@ def take_over(
         time.sleep(poll_s)
 
 
+def window_left(
+    instance: DagsterInstance, run_id: str, window_s: float, floor_s: float = 60.0
+) -> float:
+    """Seconds of a run's window left once it may work. The window counts from the run's
+    start, its wait for the predecessor included: the sensor launches the next successor from
+    that same start, so successive runs overlap by the handover and no more (counted from the
+    take-over, each generation would wait longer than the one before). At least `floor_s` (or
+    the whole window, if shorter), should the predecessor have overrun."""
+    record = instance.get_run_record_by_id(run_id)
+    started = record.start_time if record is not None and record.start_time else time.time()
+    return max(min(window_s, floor_s), window_s - (time.time() - started))
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """What a sensor launches for one slot."""
