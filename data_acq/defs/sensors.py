@@ -54,8 +54,9 @@ def build_drain_sensor(
         description=(
             "Keeps one drain run per subscription: requests a run when none is active, and its "
             f"successor {handover_s:g} s before the window ends (the successor takes over the MQTT "
-            "session when its predecessor has ended), never a third; backs off after repeated "
-            "failures (30 s doubling to 15 min). Turning it off lets the current windows finish."
+            "session when its predecessor has ended), never a third. A failed run is followed at "
+            "once, repeated failures after a back-off (30 s doubling to 15 min). Turning it off "
+            "lets the current windows finish."
         ),
     )
     def drain_sensor(context: SensorEvaluationContext) -> SensorResult:
@@ -95,7 +96,8 @@ def build_live_sensor(
             f"Keeps one live-processing run per live worker ({workers}): each stages new raw "
             f"objects (worker 1) and refreshes the units of its buckets every {interval_s:g} s "
             f"for a window of {window_s:g} s; the successor is launched {handover_s:g} s before "
-            "the window ends and takes over when it has ended; backs off after repeated failures."
+            "the window ends and takes over when it has ended. A failed run is followed at once, "
+            "repeated failures after a back-off (30 s doubling to 15 min)."
         ),
     )
     def live_sensor(context: SensorEvaluationContext) -> SensorResult:

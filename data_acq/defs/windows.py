@@ -237,7 +237,8 @@ def _failure_wait(instance: DagsterInstance, job_name: str, slot: Slot) -> str |
     if not failures:
         return None
     ended = recent[0].end_time or recent[0].update_timestamp.timestamp()
-    remaining = ended + failure_backoff_s(failures) - time.time()
+    # one failure (a dead task, a hiccup) is followed at once; then 30 s, doubling to 15 min
+    remaining = ended + failure_backoff_s(failures - 1) - time.time()
     if remaining <= 0:
         return None
     return f"{failures} failed runs in a row; next try in {remaining:.0f} s"
