@@ -126,3 +126,27 @@ def test_merged_keeps_the_newer_day_and_both_refreshes_work() -> None:
         3,
         99,
     )
+
+
+class ListingFailsOnce(LocalStore):
+    """The first listing of the pending markers fails, as an S3 hiccup would."""
+
+    failed = False
+
+    def list_keys(self, prefix: str = "", start_after: str = ""):  # type: ignore[no-untyped-def]
+        if prefix == "state/pending/" and not self.failed:
+            self.failed = True
+            raise ConnectionError("Could not connect to the endpoint URL (injected)")
+        return super().list_keys(prefix, start_after)
+
+
+def test_a_storage_hiccup_costs_a_tick_not_the_window(tmp_path: Path) -> None:
+    store = ListingFailsOnce(tmp_path / "store")
+    _put(store, date(2024, 10, 12), ["a"], datetime(2024, 10, 12, 12, tzinfo=UTC))
+    stats = WindowStats()
+    ticks = list(
+        live_ticks(store, Share(), 1, WindowLimits(window_s=1.5, interval_s=0.5), stats=stats)
+    )
+    assert "ConnectionError" in ticks[0].failed["listing pending units"]
+    assert ticks[0].units == [] and ticks[1].units  # refreshed at the next tick
+    assert stats.failing == {} and pending_units(store) == {}

@@ -28,7 +28,7 @@ from data_acq.defs.resources import PipelineQueue, Storage
 from data_acq.defs.windows import Slot, take_over, window_left
 from data_acq.live.reports import Reports
 from data_acq.live.shares import Share
-from data_acq.live.window import STAGING, Tick, WindowLimits, WindowStats, live_ticks
+from data_acq.live.window import Tick, WindowLimits, WindowStats, live_ticks
 from data_acq.storage import ObjectStore, StorageError
 
 PROGRESS_EVERY_S = 300.0
@@ -172,9 +172,7 @@ def _tick_events(
     if tick.staged:
         yield AssetMaterialization(asset_key="staged_raw", metadata=staging_metadata(tick.staged))  # type: ignore[arg-type]
     for what, why in tick.failed.items():
-        context.log.warning(
-            f"{'staging' if what == STAGING else what} failed (tried again after a back-off): {why}"
-        )
+        context.log.warning(f"{what} failed (tried again after a back-off): {why}")
     for result in tick.units:
         unit = (result.day, result.bucket)
         if _partition(result) is None:

@@ -30,7 +30,10 @@ from data_acq.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-STAGING = "staging"  # the key of staging's failures, beside the units'
+# what failed, beside the units' labels
+STAGING = "staging"
+PENDING = "listing pending units"
+WAREHOUSE = "warehouse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,12 @@ def live_ticks(
             except Exception as exc:  # tried again after a back-off; the units go on
                 tick.failed[STAGING] = _why(exc)
                 retries.failed(STAGING)
-        mine = [unit for unit in pending_units(store) if share.owns(unit[1])]
+        try:
+            mine = [unit for unit in pending_units(store) if share.owns(unit[1])]
+            recovered.append(PENDING)
+        except Exception as exc:  # storage unreachable: the next tick looks again
+            tick.failed[PENDING] = _why(exc)
+            mine = []
         mine.sort(key=lambda unit: (-unit[0].toordinal(), unit[1]))  # today's first
         for position, unit in enumerate(mine):
             if stop.is_set() or clock() >= ends:
@@ -142,8 +150,9 @@ def live_ticks(
         if tick.units:
             try:
                 tick.warehouse = refresh_warehouse(store)
+                recovered.append(WAREHOUSE)
             except Exception as exc:  # the views are written again at the next refresh
-                tick.failed["warehouse"] = _why(exc)
+                tick.failed[WAREHOUSE] = _why(exc)
         tick.seconds = clock() - began
         tick.cpu_s = time.process_time() - cpu
         stats.add(tick, recovered)
