@@ -31,7 +31,7 @@ from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import drain_job, purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import build_drain_sensor
-from data_acq.defs.windows import SUBSCRIPTION_TAG, window_left
+from data_acq.defs.windows import SUBSCRIPTION_TAG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import Settings, Subscription
 from data_acq.storage import LocalStore
@@ -452,24 +452,43 @@ def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
     assert missing(sent, store) == 0
 
 
-def test_a_window_counts_from_the_runs_start_its_wait_included(instance: DagsterInstance) -> None:
-    """A successor that waited for its predecessor works what is left of its window: counted
-    from the take-over instead, each generation would be launched earlier than the last (the
-    sensor counts from the start) and the overlap would grow without end."""
-    run = DagsterRun(job_name="drain", run_id=make_new_run_id(), status=DagsterRunStatus.STARTING)
-    instance.add_run(run)
+def _event_at(
+    instance: DagsterInstance, run: DagsterRun, kind: DagsterEventType, ago: float
+) -> None:
+    """A run event as it was stored `ago` seconds ago."""
     instance.handle_new_event(
         EventLogEntry(
             error_info=None,
             level=logging.DEBUG,
             user_message="",
             run_id=run.run_id,
-            timestamp=time.time() - 50,  # it started 50 s ago and waited since
-            dagster_event=DagsterEvent(
-                event_type_value=DagsterEventType.RUN_START.value, job_name="drain"
-            ),
+            timestamp=time.time() - ago,
+            dagster_event=DagsterEvent(event_type_value=kind.value, job_name="drain"),
         )
     )
-    assert 545 <= window_left(instance, run.run_id, 600) <= 550
-    assert window_left(instance, run.run_id, 80) == 60  # at least a minute of work
-    assert window_left(instance, run.run_id, 20) == 20  # or the whole of a short window
+
+
+def test_a_slots_windows_follow_each_other_a_window_apart(instance: DagsterInstance) -> None:
+    """A successor that waited for its predecessor works its window from the take-over, and its
+    own successor is launched a handover before that window ends -- not before its start plus
+    a window, which would launch each generation earlier than the last."""
+    config = {"ops": {"raw_messages": {"config": {"max_seconds": 600}}}}
+    older, newer = (
+        DagsterRun(
+            job_name="drain",
+            run_id=make_new_run_id(),
+            tags={SUBSCRIPTION_TAG: "main"},
+            run_config=config,
+            status=DagsterRunStatus.STARTING,
+        )
+        for _ in range(2)
+    )
+    instance.add_run(older)
+    time.sleep(1.1)  # created after it (SQLite keeps creation times to the second)
+    instance.add_run(newer)
+    _event_at(instance, older, DagsterEventType.RUN_START, ago=1000)
+    _event_at(instance, newer, DagsterEventType.RUN_START, ago=500)  # started, then waited ...
+    _event_at(instance, older, DagsterEventType.RUN_SUCCESS, ago=10)  # ... until this ended
+    skipped = str(_evaluate(instance, cursor='{"main": 2}').skip_reason)
+    launched_in = float(skipped.split("launched in ")[1].split(" s")[0])
+    assert 495 <= launched_in <= 500  # 600 s from the take-over, less the 90 s handover

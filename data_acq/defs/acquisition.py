@@ -23,7 +23,7 @@ from data_acq.acquire.ca_cert import CACertError
 from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainStats, DrainWriteError
 from data_acq.defs.partitions import OWNERS, settings
 from data_acq.defs.resources import MQTTBroker, Storage
-from data_acq.defs.windows import Slot, take_over, window_left
+from data_acq.defs.windows import Slot, take_over
 from data_acq.storage import StorageError
 
 PROGRESS_EVERY_S = 30.0
@@ -90,7 +90,7 @@ def raw_messages(
         context.log.info,
     )
     limits = DrainLimits(
-        max_seconds=window_left(context.instance, context.run.run_id, config.max_seconds),
+        max_seconds=config.max_seconds,
         idle_exit_s=config.idle_exit_s,
         batch_messages=config.batch_messages,
         max_batch_age_s=config.max_batch_age_s,

@@ -9,6 +9,7 @@ from dagster import (
     Output,
     RunsFilter,
     define_asset_job,
+    in_process_executor,
     job,
     op,
 )
@@ -60,9 +61,13 @@ def max_runtime(window_s: float, overrun_s: float) -> dict[str, str]:
     return {"dagster/max_runtime": str(int(window_s + settings.handover_s + overrun_s))}
 
 
+# Window runs do their work in the run's own process (Dagster's default executor would start a
+# child process for the step): a run whose process is killed then stops working, instead of
+# leaving a child that goes on draining or refreshing beside the run that replaces it.
 drain_job = define_asset_job(
     DRAIN_JOB,
     selection=[raw_messages],
+    executor_def=in_process_executor,
     description=(
         "One drain window: the subscription's topics into raw storage, acknowledged only once "
         "stored. Started and restarted by the drain sensor, one run per subscription."
@@ -80,6 +85,7 @@ drain_job = define_asset_job(
 
 @job(
     name=LIVE_JOB,
+    executor_def=in_process_executor,
     description="One live window of one worker: stage new raw objects and refresh the pending "
     "units of the worker's buckets every DATA_ACQ_REFRESH_INTERVAL, for DATA_ACQ_LIVE_WINDOW. "
     "Kept going by the live sensor, one run per worker (its successor overlapping its end).",

@@ -25,7 +25,7 @@ from data_acq.defs.checks import unit_checks
 from data_acq.defs.partitions import settings
 from data_acq.defs.processing import staging_metadata, unit_metadata
 from data_acq.defs.resources import PipelineQueue, Storage
-from data_acq.defs.windows import Slot, take_over, window_left
+from data_acq.defs.windows import Slot, take_over
 from data_acq.live.reports import Reports
 from data_acq.live.shares import Share
 from data_acq.live.window import Tick, WindowLimits, WindowStats, live_ticks
@@ -104,7 +104,7 @@ def live_window(
         settings.handover_s,
         context.log.info,
     )
-    window_s = window_left(context.instance, context.run.run_id, config.window_s)
+    window_s = config.window_s  # from the take-over: data_acq.defs.windows.window_began
     context.log.info(
         f"{share}: buckets {_buckets(share)} of {settings.buckets}"
         f"{' (and staging)' if share.stages else ''}, every {config.interval_s:g} s for "

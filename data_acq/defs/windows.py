@@ -146,17 +146,23 @@ def take_over(
         time.sleep(poll_s)
 
 
-def window_left(
-    instance: DagsterInstance, run_id: str, window_s: float, floor_s: float = 60.0
-) -> float:
-    """Seconds of a run's window left once it may work. The window counts from the run's
-    start, its wait for the predecessor included: the sensor launches the next successor from
-    that same start, so successive runs overlap by the handover and no more (counted from the
-    take-over, each generation would wait longer than the one before). At least `floor_s` (or
-    the whole window, if shorter), should the predecessor have overrun."""
-    record = instance.get_run_record_by_id(run_id)
-    started = record.start_time if record is not None and record.start_time else time.time()
-    return max(min(window_s, floor_s), window_s - (time.time() - started))
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+def window_began(instance: DagsterInstance, record: RunRecord) -> float:
+    """When an active run's window began: when it took its slot over, that is when it started,
+    or when the older run of its slot it waited for ended. The successor is launched a handover
+    before this plus the window, so a slot's windows follow each other a window apart: as many
+    runs an hour as windows fit in it, with no gap and no drift."""
+    began = record.start_time or time.time()
+    slot = slot_of(record.dagster_run)
+    older = instance.get_run_records(
+        filters=RunsFilter(statuses=FINISHED, created_before=record.create_timestamp), limit=100
+    )  # newest first: its predecessor is among the last ones created before it
+    for other in older:
+        if other.end_time and slot_of(other.dagster_run) == slot:
+            return max(began, other.end_time)
+    return began
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,9 @@ def window_requests(
             if run.dagster_run.status != DagsterRunStatus.STARTED or started is None:
                 skipped.append(f"{spec.slot}: run {run.dagster_run.run_id[:8]} is starting")
                 continue
-            handover_at = started + window_of(run.dagster_run) - handover_s
+            handover_at = (
+                window_began(context.instance, run) + window_of(run.dagster_run) - handover_s
+            )
             if now < handover_at:
                 skipped.append(
                     f"{spec.slot}: run {run.dagster_run.run_id[:8]} works it; its successor is "
