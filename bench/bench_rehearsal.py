@@ -31,9 +31,9 @@ long runs waited to start, and how successors overlapped their predecessors.
 Then (unless `--no-kill`), once the span's payloads are queryable and at a moment when one live
 run works its slot with no successor yet, its run worker -- the process the code server spawned
 for it, found from the run's "Started process for run (pid: N)" event (its command line does not
-name the run) -- gets SIGKILL; `--kill-tree` kills the worker's whole process tree instead (the
-step process the multiprocess executor started, the compute-log tails), as the death of an ECS
-task would. The script records who marks the run failed and when (the code server's check of
+name the run) -- gets SIGKILL; `--kill-tree` kills the worker's whole process tree instead (its
+compute-log tails; the live and drain jobs run their step in the worker itself), as the death
+of an ECS task would. The script records who marks the run failed and when (the code server's check of
 its run processes, or the daemon's run monitoring -- which with the DefaultRunLauncher cannot
 look at a worker's health: `supports_check_run_worker_health` is printed), what becomes of the
 processes the worker had started and what they still write into the failed run, what the live
@@ -1097,8 +1097,8 @@ def kill_live_run(
                 since = working_since(other) if other != run_id else None
                 if since is not None and since > killed_at - 1:
                     new_id, new_working = other, since
-        # the processes the kill left (a step process goes on with its window): watched until
-        # they end, or until its window would have ended
+        # the processes the kill left (with a multiprocess executor a step process went on with
+        # its window): watched until they end, or until its window would have ended
         if survivors and step_ended is None:  # the orphaned step writes its end into the run
             ends = [e.timestamp for e in instance.all_logs(run_id, of_type=step_events)]
             step_ended = max(ends) if ends and max(ends) > killed_at else None
