@@ -102,6 +102,25 @@ def _order(record: RunRecord) -> tuple[datetime, str]:
     return record.create_timestamp, record.dagster_run.run_id
 
 
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+def window_began(instance: DagsterInstance, record: RunRecord) -> float:
+    """When an active run's window began: when it took its slot over, that is when it started,
+    or when the older run of its slot it waited for ended. The successor is launched a handover
+    before this plus the window, so a slot's windows follow each other a window apart: as many
+    runs an hour as windows fit in it, with no gap and no drift."""
+    began = record.start_time or time.time()
+    slot = slot_of(record.dagster_run)
+    older = instance.get_run_records(
+        filters=RunsFilter(statuses=FINISHED, created_before=record.create_timestamp), limit=100
+    )  # newest first: its predecessor is among the last ones created before it
+    for other in older:
+        if other.end_time and slot_of(other.dagster_run) == slot:
+            return max(began, other.end_time)
+    return began
+
+
 def take_over(
     instance: DagsterInstance,
     run_id: str,
@@ -125,9 +144,12 @@ def take_over(
             return
         now = time.time()
         ends = {
-            r.dagster_run.run_id: (r.start_time or now) + window_of(r.dagster_run) for r in older
+            r.dagster_run.run_id: (window_began(instance, r) if r.start_time else now)
+            + window_of(r.dagster_run)
+            for r in older
         }
         other, end = max(ends.items(), key=lambda item: item[1])
+        status = next(r.dagster_run.status for r in older if r.dagster_run.run_id == other)
         if end - now > handover_s + HANDOVER_SLACK_S:
             raise Failure(
                 f"{slot} is already {WORKED[slot.kind]} by run {other[:8]} (its window ends in "
@@ -136,7 +158,7 @@ def take_over(
         if now - end > OVERRUN_S:
             raise Failure(
                 f"run {other[:8]} of {slot} should have ended its window {now - end:.0f} s ago "
-                f"and is still {records[0].dagster_run.status.value.lower()}: {WHY_ONE[slot.kind]}"
+                f"and is still {status.value.lower()}: {WHY_ONE[slot.kind]}"
             )
         if not told:
             log(
@@ -144,25 +166,6 @@ def take_over(
             )
             told = True
         time.sleep(poll_s)
-
-
-FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
-
-
-def window_began(instance: DagsterInstance, record: RunRecord) -> float:
-    """When an active run's window began: when it took its slot over, that is when it started,
-    or when the older run of its slot it waited for ended. The successor is launched a handover
-    before this plus the window, so a slot's windows follow each other a window apart: as many
-    runs an hour as windows fit in it, with no gap and no drift."""
-    began = record.start_time or time.time()
-    slot = slot_of(record.dagster_run)
-    older = instance.get_run_records(
-        filters=RunsFilter(statuses=FINISHED, created_before=record.create_timestamp), limit=100
-    )  # newest first: its predecessor is among the last ones created before it
-    for other in older:
-        if other.end_time and slot_of(other.dagster_run) == slot:
-            return max(began, other.end_time)
-    return began
 
 
 @dataclass(frozen=True)
