@@ -170,3 +170,20 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
         yield s3
     finally:
         s3.stop()
+
+
+def receive_all(sqs: object, queue: str) -> list[tuple[str, str]]:
+    """Every message waiting in an SQS queue, as (site attribute, body) strings, deleted once
+    read: what a consumer of the pipeline feed would get."""
+    got = []
+    while batch := sqs.receive_message(  # type: ignore[attr-defined]
+        QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    ).get("Messages"):
+        for message in batch:
+            assert message["MessageAttributes"]["site"]["DataType"] == "String.json"
+            got.append((message["MessageAttributes"]["site"]["StringValue"], message["Body"]))
+        sqs.delete_message_batch(  # type: ignore[attr-defined]
+            QueueUrl=queue,
+            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
+        )
+    return got

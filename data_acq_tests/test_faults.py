@@ -34,7 +34,7 @@ from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.storage import LocalStore
-from data_acq_tests.conftest import MotoS3
+from data_acq_tests.conftest import MotoS3, receive_all
 
 DAY = datetime(2024, 10, 12, tzinfo=UTC)
 
@@ -141,20 +141,6 @@ def sqs_proxy(moto_s3: MotoS3) -> Iterator[CuttableProxy]:
         proxy.close()
 
 
-def _received(sqs: object, queue: str) -> list[tuple[str, str]]:
-    got = []
-    while batch := sqs.receive_message(  # type: ignore[attr-defined]
-        QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-    ).get("Messages"):
-        for message in batch:
-            got.append((message["MessageAttributes"]["site"]["StringValue"], message["Body"]))
-        sqs.delete_message_batch(  # type: ignore[attr-defined]
-            QueueUrl=queue,
-            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
-        )
-    return got
-
-
 def test_documents_are_sent_at_least_once_across_an_sqs_outage(
     sqs_proxy: CuttableProxy, tmp_path: Path
 ) -> None:
@@ -174,7 +160,7 @@ def test_documents_are_sent_at_least_once_across_an_sqs_outage(
     sqs_proxy.restore()
     second = _process(store, **env)
     assert second.returncode == 0, second.stderr
-    got = _received(sqs, queue)
+    got = receive_all(sqs, queue)
     # every document of the 720 payloads arrived, each site's at least once
     assert len(set(got)) == 2 * 6 * 60
     assert pending_units(store) == {}

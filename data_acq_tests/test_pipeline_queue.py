@@ -11,25 +11,13 @@ from data_acq.curate.feed import SendResult, send_new_documents
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.storage import LocalStore
-from data_acq_tests.conftest import MotoS3
+from data_acq_tests.conftest import MotoS3, receive_all
 
 T0 = int(datetime(2024, 10, 12, 10, tzinfo=UTC).timestamp())
 
 
 def _receive_all(sqs: object, queue: str) -> list[tuple[str | None, dict]]:
-    got = []
-    while batch := sqs.receive_message(  # type: ignore[attr-defined]
-        QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-    ).get("Messages"):
-        for message in batch:
-            site = json.loads(message["MessageAttributes"]["site"]["StringValue"])
-            assert message["MessageAttributes"]["site"]["DataType"] == "String.json"
-            got.append((site, json.loads(message["Body"])))
-        sqs.delete_message_batch(  # type: ignore[attr-defined]
-            QueueUrl=queue,
-            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
-        )
-    return got
+    return [(json.loads(site), json.loads(body)) for site, body in receive_all(sqs, queue)]
 
 
 def test_identical_documents_of_two_sites_both_reach_the_queue(
