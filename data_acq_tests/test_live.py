@@ -12,8 +12,9 @@ import pytest
 from data_acq import backoff
 from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.curate.cursor import new_raw_keys
+from data_acq.curate.staging import StageResult
 from data_acq.curate.units import UnitResult, pending_units
-from data_acq.live.reports import Reports, merged
+from data_acq.live.reports import Reports, StagingReports, merged
 from data_acq.live.shares import Share
 from data_acq.live.window import STAGING, WindowLimits, WindowStats, live_ticks
 from data_acq.messages import encode_record
@@ -114,6 +115,25 @@ def test_reports_stay_within_their_budget_least_recently_reported_first() -> Non
     [third] = reports.due()
     assert (third.day, third.hours, third.rows["readings"]) == (date(2024, 10, 10), [2, 3], 12)
     assert reports.last() == [] and reports.waiting == {}
+
+
+def test_staging_is_reported_at_most_once_a_minute_with_all_it_gathered() -> None:
+    now = [0.0]
+    staging = StagingReports(every_s=60, clock=lambda: now[0])
+    first = staging.add(StageResult("a", raw_objects=1, messages=300, accepted=300))
+    assert first is not None and first.messages == 300  # the first is reported at once
+    for second in (10.0, 20.0, 30.0):  # a 10 s refresh: gathered, not reported
+        now[0] = second
+        assert staging.add(StageResult("b", raw_objects=1, messages=50, rejects=1)) is None
+    now[0] = 60.0
+    due = staging.add(StageResult("c", raw_objects=2, messages=50, accepted=50))
+    assert due is not None
+    assert (due.raw_objects, due.messages, due.accepted, due.rejects) == (5, 200, 50, 3)
+    now[0] = 70.0
+    assert staging.add(StageResult("d", raw_objects=1, messages=7)) is None
+    left = staging.last()  # the window's end lets out the rest
+    assert left is not None and left.messages == 7
+    assert staging.last() is None
 
 
 def test_merged_keeps_the_newer_day_and_both_refreshes_work() -> None:

@@ -20,13 +20,14 @@ from dagster import (
 )
 from pydantic import Field
 
+from data_acq.curate.staging import StageResult
 from data_acq.curate.units import UnitResult
 from data_acq.defs.checks import unit_checks
 from data_acq.defs.partitions import settings
 from data_acq.defs.processing import staging_metadata, unit_metadata
 from data_acq.defs.resources import PipelineQueue, Storage
 from data_acq.defs.windows import Slot, take_over
-from data_acq.live.reports import Reports
+from data_acq.live.reports import Reports, StagingReports
 from data_acq.live.shares import Share
 from data_acq.live.window import Tick, WindowLimits, WindowStats, live_ticks
 from data_acq.storage import ObjectStore, StorageError
@@ -111,7 +112,7 @@ def live_window(
         f"{window_s:.0f} s"
     )
     limits = WindowLimits(window_s=window_s, interval_s=config.interval_s)
-    reports = Reports()
+    reports, staging = Reports(), StagingReports()
     stats = WindowStats()
     outside: set[tuple] = set()
     last_progress = datetime.now(UTC)
@@ -120,12 +121,14 @@ def live_window(
             store, share, settings.buckets, limits, pipeline_queue.queue_url, stats=stats
         )
         for tick in ticks:
-            yield from _tick_events(context, store, tick, reports, outside)
+            yield from _tick_events(context, store, tick, reports, staging, outside)
             if (tick.at - last_progress).total_seconds() >= PROGRESS_EVERY_S:
                 last_progress = tick.at
                 context.log.info(_summary(stats))
     except StorageError as exc:  # the bucket count refused, before any work
         raise Failure(description=str(exc)) from None
+    if staged := staging.last():
+        yield _staged(staged)
     for result in reports.last():
         yield from unit_events(store, result)
     metadata = {
@@ -149,6 +152,10 @@ def live_window(
     yield Output(None, metadata=metadata)
 
 
+def _staged(result: StageResult) -> AssetMaterialization:
+    return AssetMaterialization(asset_key="staged_raw", metadata=staging_metadata(result))  # type: ignore[arg-type]
+
+
 def _buckets(share: Share) -> str:
     owned = [b for b in range(settings.buckets) if share.owns(b)]
     return ", ".join(f"{b:02d}" for b in owned[:8]) + (" ..." if len(owned) > 8 else "")
@@ -167,10 +174,11 @@ def _tick_events(
     store: ObjectStore,
     tick: Tick,
     reports: Reports,
+    staging: StagingReports,
     outside: set[tuple],
 ) -> Iterator[AssetMaterialization | AssetCheckEvaluation]:
-    if tick.staged:
-        yield AssetMaterialization(asset_key="staged_raw", metadata=staging_metadata(tick.staged))  # type: ignore[arg-type]
+    if tick.staged and (staged := staging.add(tick.staged)):
+        yield _staged(staged)
     for what, why in tick.failed.items():
         context.log.warning(f"{what} failed (tried again after a back-off): {why}")
     for result in tick.units:

@@ -1,11 +1,12 @@
-"""How often a live worker tells Dagster about the units it refreshed.
+"""How often a live worker tells Dagster about what it staged and the units it refreshed.
 
 Each report of a unit is a dozen events in Dagster's database (a materialization per curated
 table, a result per check). Reporting every refresh of every unit would make that database grow
 with the number of buckets and the refresh cadence; instead a worker reports at most a fixed
 number of units an hour (a token bucket), the units not reported for the longest first, each
 with everything its refreshes since its last report did. The data itself is as fresh as the
-refreshes; only the UI's metadata of a unit may be minutes older.
+refreshes; only the UI's metadata of a unit may be minutes older. Staging is reported the same
+way: at most once a minute, whatever the refresh interval.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from data_acq.curate.staging import StageResult
 from data_acq.curate.units import Unit, UnitResult
 
 REPORTS_PER_HOUR = 60
 BURST = 10
+STAGING_REPORT_EVERY_S = 60.0
 
 
 def merged(older: UnitResult, newer: UnitResult) -> UnitResult:
@@ -79,4 +82,30 @@ class Reports:
         for result in taken:
             self.reported_at[(result.day, result.bucket)] = now
         self.tokens = max(0.0, self.tokens - len(taken))
+        return taken
+
+
+class StagingReports:
+    """What the refreshes staged, gathered and let out at most once every `every_s`."""
+
+    def __init__(
+        self, every_s: float = STAGING_REPORT_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.waiting: StageResult | None = None
+        self._reported = float("-inf")
+
+    def add(self, result: StageResult) -> StageResult | None:
+        """The staging to report now (all gathered since the last report), if one is due."""
+        self.waiting = result if self.waiting is None else self.waiting.merged(result)
+        if self.clock() - self._reported < self.every_s:
+            return None
+        return self.last()
+
+    def last(self) -> StageResult | None:
+        """What is gathered and not yet reported (at the window's end)."""
+        taken, self.waiting = self.waiting, None
+        if taken is not None:
+            self._reported = self.clock()
         return taken
