@@ -1296,7 +1296,9 @@ def rehearse(args: argparse.Namespace, session: Session, results: dict[str, Any]
         created = sorted(
             r["created"] for r in rows if r["job"] == job and r["created"] < span_start + span_s
         )
-        gaps = [b - a for a, b in itertools.pairwise(created)]
+        # from the slot's second run on: the first had no predecessor to take over from, so its
+        # window began at its own start and its successor came a take-over's wait early
+        gaps = [b - a for a, b in itertools.pairwise(created[1:])]
         intervals[job] = round(statistics.mean(gaps), 1) if gaps else None
     steady = sum(3600 / gap for gap in intervals.values() if gap) / live_workers
     waits = [r["wait_to_start_s"] for r in in_span if r["wait_to_start_s"] is not None]
