@@ -103,18 +103,27 @@ def test_reports_stay_within_their_budget_least_recently_reported_first() -> Non
     reports = Reports(per_hour=60, burst=2, clock=lambda: now[0])
     for day in (10, 11, 12):
         reports.add(_result(day, [1], 10))
-    first = reports.due()
-    assert len(first) == 2  # the burst
+    [first] = reports.due()  # one at once: a window's run does not start with a burst
+    assert first.day == date(2024, 10, 10)
     reports.add(_result(10, [2], 5))
     reports.add(_result(10, [3], 7))  # refreshed twice meanwhile: one report with both
     assert reports.due() == []  # no budget left
     now[0] = 60.0  # a minute: one more report
     [second] = reports.due()
-    assert second.day == date(2024, 10, 12)  # never reported before: first in line
+    assert second.day == date(2024, 10, 11)  # never reported before: first in line
     now[0] = 120.0
-    [third] = reports.due()
-    assert (third.day, third.hours, third.rows["readings"]) == (date(2024, 10, 10), [2, 3], 12)
-    assert reports.last() == [] and reports.waiting == {}
+    assert [r.day for r in reports.due()] == [date(2024, 10, 12)]
+    now[0] = 180.0
+    [again] = reports.due()
+    assert (again.day, again.hours, again.rows["readings"]) == (date(2024, 10, 10), [2, 3], 12)
+    now[0] = 3600.0  # an idle hour earns no more than the burst
+    for day in (20, 21, 22):
+        reports.add(_result(day, [1], 1))
+    assert len(reports.due()) == 2
+    reports.add(_result(23, [1], 1))
+    # the window's end: at least one more (the oldest), not the whole backlog
+    assert [r.day for r in reports.last()] == [date(2024, 10, 22)]
+    assert list(reports.waiting) == [(date(2024, 10, 23), 0)]
 
 
 def test_staging_is_reported_at_most_once_a_minute_with_all_it_gathered() -> None:
