@@ -213,19 +213,10 @@ def proc_table_one(pid: int) -> Proc | None:
 
 
 def group_alive(pgid: int) -> list[int]:
-    """Running (not zombie) processes of process group `pgid`."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    """Running (not zombie) processes of process group `pgid` (none where there is no /proc)."""
+    from data_acq.devtools.ui import group_members
+
+    return sorted(group_members(pgid) or ())
 
 
 def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> int:
