@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,18 +30,18 @@ from typing import Any
 import cfnlint.decode as cfnlint_decode
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from data_acq import layout
 from data_acq.acquire.raw import encode_object, raw_key
-from data_acq.curate.warehouse import SCHEMAS
+from data_acq.curate.compaction import upkeep
+from data_acq.curate.tables import CuratedTables, table_schema
 from data_acq.defs.jobs import PROCESSING_TASK, SMALL_TASK
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.settings import Settings, SettingsError
-from data_acq.sites import bucket_of
 from data_acq.storage import LocalStore
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cfn.yaml"
@@ -874,12 +874,24 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, lis
     process(store)
     # on S3 the warehouse is uploaded with put_file; a local store replaces the file in place
     operations.append(("put", layout.WAREHOUSE_FILE))
+    # the Delta tables' files and log are written by deltalake, not through the store: every
+    # file under curated/ was written, and those the upkeep's expiry removes were deleted
+    curated = store.root / layout.CURATED
+    before = {p.relative_to(store.root).as_posix() for p in curated.rglob("*") if p.is_file()}
+    upkeep(CuratedTables(store), retain=timedelta(0))
+    after = {p.relative_to(store.root).as_posix() for p in curated.rglob("*") if p.is_file()}
+    operations.extend(("put", key) for key in sorted(before | after))
+    operations.extend(("delete", key) for key in sorted(before - after))
     return store, operations
 
 
 def _hive_type(arrow_type: pa.DataType) -> str:
     """The Athena (Hive DDL) type that reads a Parquet column of this Arrow type."""
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+    if (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_string_view(arrow_type)
+    ):
         return "string"
     if pa.types.is_timestamp(arrow_type):
         return "timestamp"
@@ -891,7 +903,17 @@ def _hive_type(arrow_type: pa.DataType) -> str:
         return "bigint"  # an unsigned 32-bit count does not fit Hive's (signed) int
     if pa.types.is_int32(arrow_type):
         return "int"
-    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+    if pa.types.is_int16(arrow_type):
+        return "smallint"
+    if pa.types.is_int8(arrow_type):
+        return "tinyint"
+    if pa.types.is_date32(arrow_type):
+        return "date"
+    if (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_list_view(arrow_type)
+    ):
         return f"array<{_hive_type(arrow_type.value_type)}>"
     if pa.types.is_struct(arrow_type):
         fields = ",".join(f"{f.name}:{_hive_type(f.type)}" for f in arrow_type)
@@ -906,10 +928,10 @@ def _glue_tables(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_glue_tables_project_every_curated_table(template: dict[str, Any]) -> None:
-    """CreateGlue=true: one Glue table per curated table, each projecting `date` from StartDate
-    to tomorrow and `bucket` zero-padded over every bucket, onto the folders data_acq.layout
-    writes; false: no Glue or Athena resource at all."""
+def test_glue_tables_read_every_curated_delta_table(template: dict[str, Any]) -> None:
+    """CreateGlue=true: one Glue table per curated table, each Athena's native Delta reader
+    over the table's folder (no partitions to project: the log lists the files); false: no
+    Glue or Athena resource at all."""
     off = _render(template)["Resources"]
     assert not [n for n, r in off.items() if r["Type"].startswith(("AWS::Glue::", "AWS::Athena"))]
 
@@ -920,71 +942,30 @@ def test_glue_tables_project_every_curated_table(template: dict[str, Any]) -> No
     assert sorted(tables) == sorted(CURATED_TABLES)
     for name, table in tables.items():
         assert table["TableType"] == "EXTERNAL_TABLE"
-        assert table["PartitionKeys"] == [
-            {"Name": "date", "Type": "string"},
-            {"Name": "bucket", "Type": "int"},
-        ]
-        properties = table["Parameters"]
-        assert properties["projection.enabled"] == "true"
-        assert {k: v for k, v in properties.items() if k.startswith("projection.date.")} == {
-            "projection.date.type": "date",
-            "projection.date.format": "yyyy-MM-dd",
-            "projection.date.range": {"Fn::Sub": "${StartDate},NOW+1DAYS"},
-            "projection.date.interval": "1",
-            "projection.date.interval.unit": "DAYS",
-        }
-        assert {k: v for k, v in properties.items() if k.startswith("projection.bucket.")} == {
-            "projection.bucket.type": "integer",
-            "projection.bucket.range": {"Fn::Sub": "0,${Buckets}"},
-            "projection.bucket.digits": "2",
-        }
-        location = f"s3://${{DataBucket}}/data/{layout.curated_prefix(name)}"
-        assert table["StorageDescriptor"]["Location"] == {"Fn::Sub": location}
-        template_url = properties["storage.location.template"]["Fn::Sub"]
-        assert template_url == f"{location}date=${{!date}}/bucket=${{!bucket}}/"
+        assert table["Parameters"]["table_type"] == "DELTA"
+        assert "PartitionKeys" not in table
+        assert not [k for k in table["Parameters"] if k.startswith("projection.")]
+        location = {"Fn::Sub": f"s3://${{DataBucket}}/data/{layout.curated_prefix(name)}"}
         storage = table["StorageDescriptor"]
-        assert storage["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
-        assert storage["InputFormat"].endswith("MapredParquetInputFormat")
-
-        # the folders Athena computes are those the pipeline writes, for every bucket
-        buckets = 32
-        low, high = (
-            int(v)
-            for v in properties["projection.bucket.range"]["Fn::Sub"]
-            .replace("${Buckets}", str(buckets))
-            .split(",")
-        )
-        digits = int(properties["projection.bucket.digits"])
-        projected = {
-            template_url.replace("${!date}", "2024-10-12").replace("${!bucket}", f"{b:0{digits}d}")
-            for b in range(low, high + 1)
-        }
-        day = datetime(2024, 10, 12).date()
-        hour = None if name in layout.DAILY_TABLES else 7
-        for bucket in range(buckets):
-            key = layout.curated_key(name, day, bucket, hour)
-            folder = f"s3://${{DataBucket}}/data/{key.rsplit('/', 1)[0]}/"
-            assert folder in projected, (name, bucket)
-        # the one folder past the last bucket (CloudFormation cannot subtract) is never written
-        assert {bucket_of(f"site-{n}", buckets) for n in range(2000)} == set(range(buckets))
-        assert high == buckets and low == 0
+        assert storage["Location"] == location
+        assert storage["SerdeInfo"]["Parameters"]["path"] == location
 
 
-def test_glue_columns_are_the_parquet_files_columns(
+def test_glue_columns_are_the_delta_tables_columns(
     template: dict[str, Any], processed: tuple[LocalStore, list[tuple[str, str]]]
 ) -> None:
-    """Each Glue table's columns are, in name, order and Athena type, those of the Parquet files
-    the pipeline writes for that table (and of the warehouse's empty-table schemas)."""
+    """Each Glue table's columns are, in name, order and Athena type, those of the Delta table
+    the pipeline writes (its log's schema, which is also the schema it was created with)."""
     store, _ = processed
     tables = _glue_tables(_render(template, CreateGlue="true"))
     for name in CURATED_TABLES:
-        files = sorted((store.root / layout.curated_prefix(name)).rglob("*.parquet"))
-        assert files, f"the simulation wrote no {name} file"
-        schema = pq.read_schema(files[0])
-        from_files = [{"Name": f.name, "Type": _hive_type(f.type)} for f in schema]
-        assert tables[name]["StorageDescriptor"]["Columns"] == from_files, name
-        empty = pl.DataFrame(schema=SCHEMAS[name]).to_arrow().schema
-        assert [{"Name": f.name, "Type": _hive_type(f.type)} for f in empty] == from_files, name
+        written = DeltaTable(str(store.root / layout.curated_prefix(name)))
+        assert written.version() > 0, f"the simulation wrote nothing into {name}"
+        schema = pa.schema(written.schema())
+        from_log = [{"Name": f.name, "Type": _hive_type(f.type)} for f in schema]
+        assert tables[name]["StorageDescriptor"]["Columns"] == from_log, name
+        declared = pl.DataFrame(schema=table_schema(name)).to_arrow().schema
+        assert [{"Name": f.name, "Type": _hive_type(f.type)} for f in declared] == from_log, name
 
 
 def _statements(policy: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -1012,7 +993,8 @@ def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
 ) -> None:
     """Every key the pipeline wrote or deleted (a recorded run over simulated data) is allowed to
     the task role under DATA_ACQ_STORAGE=s3://<bucket>/data, and the only deletes allowed in
-    data/ are the pending markers: raw, staging and curated objects are never deleted."""
+    data/ are the pending markers and, in curated/, the files the Delta tables' upkeep expires:
+    raw and staging objects are never deleted."""
     _, operations = processed
     resources = _resources(template)
     role = resources["TaskRole"]["Properties"]
@@ -1023,11 +1005,15 @@ def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
     puts = _object_patterns(statements, "s3:PutObject")
     gets = _object_patterns(statements, "s3:GetObject")
     deletes = _object_patterns(statements, "s3:DeleteObject")
-    assert [p for p in deletes if p.startswith("data/")] == ["data/state/pending/*"]
+    assert [p for p in deletes if p.startswith("data/")] == [
+        "data/state/pending/*",
+        "data/curated/*",
+    ]
 
     written = {key for operation, key in operations if operation == "put"}
     deleted = {key for operation, key in operations if operation == "delete"}
-    assert deleted and all(key.startswith(layout.PENDING) for key in deleted)
+    assert {key.split("/")[0] for key in deleted} == {"state", "curated"}
+    assert all(key.startswith((layout.PENDING, layout.CURATED)) for key in deleted)
     prefixes = {key.split("/", 1)[0] for key in written}
     assert {"raw", "staging", "state", "curated", layout.WAREHOUSE_FILE} <= prefixes
     for key in written:
@@ -1035,7 +1021,7 @@ def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
         assert any(fnmatch.fnmatchcase(f"data/{key}", p) for p in gets), key
     for key in deleted:
         assert any(fnmatch.fnmatchcase(f"data/{key}", p) for p in deletes), key
-    never_deleted = [layout.RAW, layout.STAGING, layout.CURATED, layout.CURSOR]
+    never_deleted = [layout.RAW, layout.STAGING, layout.CURSOR]
     for prefix in never_deleted:
         assert not any(fnmatch.fnmatchcase(f"data/{prefix}x", p) for p in deletes), prefix
 
