@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from botocore.exceptions import BotoCoreError, ClientError
+from deltalake.exceptions import DeltaError
 from tqdm import tqdm
 
 from data_acq import layout
@@ -27,6 +28,7 @@ from data_acq.acquire.broker import BrokerError, publish_all, run_subscriber, st
 from data_acq.acquire.ca_cert import CACertError, resolve_ca
 from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainWriteError
 from data_acq.contract import Rejection, parse_payload
+from data_acq.curate.compaction import RETAIN, CompactResult, upkeep
 from data_acq.curate.feed import QueueError
 from data_acq.curate.flatten import (
     READINGS_SCHEMA,
@@ -35,6 +37,7 @@ from data_acq.curate.flatten import (
     iter_flatten_parallel,
     write_parquet,
 )
+from data_acq.curate.tables import CuratedTables
 from data_acq.devtools.simulate import SimulationSpec, parse_start, simulate
 from data_acq.messages import Message, line_blocks, line_spans, read_block, read_lines, read_span
 from data_acq.pipeline import process
@@ -371,6 +374,41 @@ def cmd_process(args: argparse.Namespace) -> None:
             log.info("%s: sent %d new pipeline documents to SQS", day, sum(sent))
     if result.warehouse:
         log.info("warehouse views written: %s", result.warehouse)
+    if result.compacted:
+        _log_compaction(result.compacted)
+
+
+def _log_compaction(result: CompactResult) -> None:
+    for table, days in result.compacted.items():
+        log.info(
+            "%s: %d closed dates compacted (%s), %d files into %d",
+            table,
+            len(days),
+            _date_span(days),
+            result.files_before[table],
+            result.files_after[table],
+        )
+    if result.removed_files:
+        log.info("old files deleted: %d", sum(result.removed_files.values()))
+
+
+def _date_span(days: list[date]) -> str:
+    return str(days[0]) if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    store = open_store(settings.storage)
+    store.check()
+    with Bars() as bars:
+        result = upkeep(
+            CuratedTables(store),
+            retain=timedelta(hours=args.retain_hours),
+            progress=bars,
+        )
+    if not result.compacted:
+        log.info("no closed date needs compacting")
+    _log_compaction(result)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -519,6 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.set_defaults(func=cmd_process)
 
+    co = sub.add_parser(
+        "compact",
+        help="compact the curated tables' closed dates and delete files old snapshots held",
+        description="Rewrite each closed date (an hour after it ended) of each curated table "
+        "into few large files sorted by site and time, then delete the files that no snapshot "
+        "younger than --retain-hours needs. `process` compacts as it goes; run this (or the "
+        "compact_tables job) for the deletion.",
+    )
+    co.add_argument(
+        "--retain-hours",
+        type=_positive(int),
+        default=int(RETAIN.total_seconds() // 3600),
+        help="keep replaced files this long, for readers of older snapshots",
+    )
+    co.set_defaults(func=cmd_compact)
+
     de = sub.add_parser("demo", help="the main job on a private local broker")
     de.add_argument("--sites", type=_positive(int), default=5, help="simulated sites")
     de.add_argument("--hours", type=_positive(float), default=48.0, help="hours of data per site")
@@ -570,6 +624,10 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"AWS error: {error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
+    if isinstance(exc, DeltaError):
+        return (
+            f"curated table error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -590,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED as exc:
         print(f"data-acq {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, BotoCoreError, ClientError, DeltaError) as exc:
         print(f"data-acq {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0

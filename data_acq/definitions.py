@@ -11,6 +11,7 @@ from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import (
     broker_check,
     charts_job,
+    compact_tables,
     curate_job,
     drain_job,
     live_job,
@@ -28,8 +29,21 @@ schedule_status = (
 
 defs = Definitions(
     assets=[raw_messages, staged_raw, curated, warehouse, daily_charts],
-    jobs=[broker_check, drain_job, live_job, stage_job, curate_job, charts_job, purge_old_runs],
+    jobs=[
+        broker_check,
+        drain_job,
+        live_job,
+        stage_job,
+        curate_job,
+        charts_job,
+        compact_tables,
+        purge_old_runs,
+    ],
     schedules=[
+        # closed dates compacted (a date closes at 01:00 the next day), old files deleted
+        ScheduleDefinition(
+            job=compact_tables, cron_schedule="20 * * * *", default_status=schedule_status
+        ),
         ScheduleDefinition(
             job=purge_old_runs, cron_schedule="30 3 * * *", default_status=schedule_status
         ),

@@ -9,16 +9,19 @@ state/staged/date=D/<batch>.json                                      the raw ob
 state/pending/date=D/bucket=BB/<batch>.hours-HH-HH                    hours a batch left to build
 state/partials/<kind>/date=D/bucket=BB.parquet                        per-hour partial aggregates
 state/sqs_sent/date=D/bucket=BB/HH.parquet                            documents sent to SQS
-curated/<hourly table>/date=D/bucket=BB/HH.parquet                    what analysts read ...
-curated/<daily table>/date=D/bucket=BB/day.parquet                    ... by the day
+state/compacted/<table>.json                                          files each date was compacted into
+curated/<table>/                                                      a Delta table: what analysts read
+curated/<table>/date=D/<part>.parquet                                 (its files, named by Delta)
+curated/<table>/_delta_log/                                           (its transaction log)
 curated/charts/date=D/site=<site key>.png                             a chart per site and day
 warehouse.duckdb                                                      views for analysts
 ```
 
 A unit of work is a measurement date and a bucket of sites (`data_acq.sites.bucket_of`);
 inside it, data is kept by hour, so a refresh rewrites only the hours new data touched. A site
-id never appears in a key except as a `site_key` in a chart's name. Dates and buckets are hive
-folders (`date=`, `bucket=`), so DuckDB, Polars and Athena read them as columns.
+id never appears in a key except as a `site_key` in a chart's name. Staging and state files are
+filed in hive folders (`date=`, `bucket=`); the curated tables are Delta tables partitioned by
+date (`data_acq.curate.tables`), whose files only their log names.
 """
 
 from __future__ import annotations
@@ -114,10 +117,8 @@ def curated_prefix(table: str, day: date | None = None) -> str:
     return f"{CURATED}{table}/" if day is None else f"{CURATED}{table}/date={day.isoformat()}/"
 
 
-def curated_key(table: str, day: date, bucket: int, hour: int | None = None) -> str:
-    """An hourly table's file for `hour`, or a daily table's file."""
-    name = "day" if hour is None else f"{hour:02d}"
-    return f"{curated_prefix(table, day)}{bucket_text(bucket)}/{name}.parquet"
+def compacted_key(table: str) -> str:
+    return f"{STATE}compacted/{table}.json"
 
 
 def sent_key(day: date, bucket: int, hour: int) -> str:

@@ -1,5 +1,6 @@
 """The processing sequence, in one place: stage what is new in raw, refresh the units it left
-pending, feed their new documents to SQS, keep the warehouse's views current.
+pending, feed their new documents to SQS, compact the closed dates they touched, keep the
+warehouse's views current.
 
 `data-acq process` and the demo call `process`; the Dagster assets run the same steps as
 separate runs (staging, then one run per unit, each its own ECS task in production).
@@ -16,6 +17,7 @@ from functools import partial
 from multiprocessing import get_context
 from typing import Any
 
+from data_acq.curate.compaction import CompactResult, upkeep
 from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.feed import send_new_documents
 from data_acq.curate.staging import (
@@ -26,6 +28,7 @@ from data_acq.curate.staging import (
     check_buckets,
     stage,
 )
+from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import Unit, UnitResult, pending_units, refresh_unit, staged_units
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.progress import Progress
@@ -40,7 +43,8 @@ Opener = Callable[[], ObjectStore]
 class ProcessResult:
     staged: StageResult | None
     units: list[UnitResult]
-    warehouse: str | None  # where the warehouse file was written, if its tables changed
+    warehouse: str | None  # where the warehouse file was written, if its views changed
+    compacted: CompactResult | None = None
 
     @property
     def dates(self) -> list[date]:
@@ -60,6 +64,7 @@ def refresh(
     full: bool = False,
     queue_url: str | None = None,
     progress: Progress | None = None,
+    tables: CuratedTables | None = None,
 ) -> UnitResult:
     """Refresh one unit and send the documents of the hours it rebuilt that are new, before the
     unit's pending markers are removed: a failed send leaves the unit pending (at least once)."""
@@ -77,6 +82,7 @@ def refresh(
         full=full,
         progress=progress,
         before_clearing=feed if queue_url else None,
+        tables=tables,
     )
 
 
@@ -97,8 +103,11 @@ def refresh_units(
     todo = sorted(units)
     if workers <= 1 or len(todo) <= 1:
         results = []
+        tables = CuratedTables(store)  # opened once for all
         for number, unit in enumerate(todo, start=1):
-            results.append(refresh(store, *unit, full=units[unit], queue_url=queue_url))
+            results.append(
+                refresh(store, *unit, full=units[unit], queue_url=queue_url, tables=tables)
+            )
             _report(progress, results[-1], number, len(todo))
         return results
     if opener is None:
@@ -133,7 +142,9 @@ def process(
     queue_url: str | None = None,
 ) -> ProcessResult:
     """Stage whatever raw holds that is new, refresh every unit with pending hours (those just
-    staged, and those a killed run left) and every unit of `dates` in full, then the warehouse."""
+    staged, and those a killed run left) and every unit of `dates` in full, compact whatever
+    closed date needs it (a reader of a closed date finds it compacted), then the warehouse.
+    Old files are left to `data-acq compact`'s expiry."""
     store.check()
     check_buckets(store, buckets)
     if opener is None and isinstance(store, LocalStore):
@@ -147,4 +158,6 @@ def process(
     for day in dates:
         units |= dict.fromkeys(((day, bucket) for bucket in staged_units(store, day)), True)
     results = refresh_units(store, units, workers, opener, queue_url, progress)
-    return ProcessResult(staged, results, refresh_warehouse(store))
+    warehouse = refresh_warehouse(store)
+    compacted = upkeep(CuratedTables(store), retain=None, progress=progress)
+    return ProcessResult(staged, results, warehouse, compacted)

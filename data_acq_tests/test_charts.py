@@ -25,7 +25,7 @@ from data_acq.curate.charts import (
     write_charts,
 )
 from data_acq.curate.flatten import STATUS_SCHEMA
-from data_acq.curate.parquet import to_parquet
+from data_acq.curate.tables import CuratedTables
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
@@ -300,13 +300,13 @@ def test_write_charts_draws_one_png_per_site_from_the_curated_tables(tmp_path: P
     store = LocalStore(tmp_path / "store")
     sites = {"b": quarters("pv_inverter_1", "P_total", day_curve(20_000), site="b")}
     sites["a"] = quarters("logger", "cpu_load", [0.1] * 96, site="a")  # nothing to draw
+    tables = CuratedTables(store)
     for site, frame in sites.items():
         bucket = bucket_of(site, 16)
         for hour, part in frame.group_by(pl.col("period").dt.hour()):
-            key = layout.curated_key("readings_15min", DAY, bucket, hour[0])
-            store.put(key, to_parquet(part))
+            tables.replace("readings_15min", part, DAY, bucket, [hour[0]])
     alarms = statuses([(600, "Fault", 4), (601, "OK", 0)]).with_columns(site=pl.lit("b"))
-    store.put(layout.curated_key("device_status", DAY, bucket_of("b", 16), 10), to_parquet(alarms))
+    tables.replace("device_status", alarms, DAY, bucket_of("b", 16), [10])
     charts = write_charts(store, DAY)
     assert charts == [("a", layout.chart_key(DAY, "a")), ("b", layout.chart_key(DAY, "b"))]
     for _, key in charts:
@@ -323,8 +323,8 @@ def test_charts_from_simulated_sites_through_the_pipeline(tmp_path: Path) -> Non
     process(store)
     [(site, key)] = write_charts(store, DAY)
     assert store.get(key).startswith(PNG)
-    quarter_hours = pl.read_parquet(store.root / "curated/readings_15min/**/*.parquet")
-    status = pl.read_parquet(store.root / "curated/device_status/**/*.parquet")
+    quarter_hours = pl.read_delta(str(store.root / "curated/readings_15min"))
+    status = pl.read_delta(str(store.root / "curated/device_status"))
     power, energy, runtime = panels(day_figure(quarter_hours, site, DAY, status))
     assert np.nanmax(line(power, "dse855 genset_P").get_ydata()) >= 8  # the genset ran at night
     assert power.get_ylim()[0] == 0 and energy.get_ylim()[0] == 0

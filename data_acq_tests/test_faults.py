@@ -62,7 +62,8 @@ def _one_line_failure(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def _table(store: LocalStore, table: str) -> pl.DataFrame:
-    return pl.read_parquet(store.root / layout.CURATED / table / "**" / "*.parquet")
+    """The curated table as its latest snapshot holds it."""
+    return pl.read_delta(str(store.root / layout.CURATED / table))
 
 
 # --- 1. pipeline documents when SQS fails mid-run -------------------------------------------

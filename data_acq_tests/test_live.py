@@ -45,14 +45,15 @@ def _put(store: LocalStore, day: date, sites: list[str], received: datetime) -> 
 
 
 class FailingUnitStore(LocalStore):
-    """Writing one unit's curated files fails, always: as a unit that hits a bug would."""
+    """Writing one unit's partials (after its hours, before its daily tables) fails, always:
+    as a unit that hits a bug would."""
 
     def __init__(self, root: Path, failing: str) -> None:
         super().__init__(root)
         self.failing = failing
 
     def put(self, key: str, data: bytes) -> None:
-        if key.startswith("curated/") and self.failing in key:
+        if key.startswith("state/partials/") and self.failing in key:
             raise OSError(5, "Input/output error (injected)", key)
         super().put(key, data)
 

@@ -3,7 +3,6 @@ checked against counts computed independently from what was sent."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+from deltalake import DeltaTable
 
 from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.curate.aggregates import (
@@ -24,6 +24,7 @@ from data_acq.curate.aggregates import (
     energy_daily,
     energy_partials,
 )
+from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import PREVIEW_ROWS, UnitResult, preview_rows
 from data_acq.curate.warehouse import connect_s3
 from data_acq.devtools.local_broker import LocalMosquitto
@@ -159,8 +160,8 @@ def test_a_late_backlog_refreshes_exactly_its_dates(tmp_path: Path) -> None:
     _put_raw(store, list(simulate(today)), datetime(2024, 10, 15, 2, tzinfo=UTC))
     first = process(store)
     assert first.dates == [date(2024, 10, 15)]
-    today_files = sorted((store.root / CURATED / "readings").rglob("*.parquet"))
-    stamps = {f: f.stat().st_mtime_ns for f in today_files}
+    today_files = _date_files(store, "readings", date(2024, 10, 15))
+    assert today_files
 
     backlog = SimulationSpec(
         sites=2, start=datetime(2024, 10, 12, 23, tzinfo=UTC), minutes=120, seed=3
@@ -170,12 +171,21 @@ def test_a_late_backlog_refreshes_exactly_its_dates(tmp_path: Path) -> None:
     assert second.staged is not None
     assert sorted({d for d, _ in second.staged.units}) == [date(2024, 10, 12), date(2024, 10, 13)]
     assert second.dates == [date(2024, 10, 12), date(2024, 10, 13)]
-    assert {f: f.stat().st_mtime_ns for f in today_files} == stamps  # 10-15 untouched
+    assert _date_files(store, "readings", date(2024, 10, 15)) == today_files  # 10-15 untouched
     again = process(store)  # nothing new: nothing to do
     assert again.staged is None and again.units == []
     rebuilt = process(store, [date(2024, 10, 15)])  # idempotent rebuild on request
     assert _readings_written(rebuilt) == _readings_written(first) > 0
-    assert {f: f.stat().st_mtime_ns for f in today_files} != stamps
+    assert _date_files(store, "readings", date(2024, 10, 15)).isdisjoint(today_files)
+
+
+def _date_files(store: LocalStore, table: str, day: date) -> set[str]:
+    """The files the table's current snapshot holds for the date."""
+    return set(
+        DeltaTable(str(store.root / CURATED / table)).file_uris(
+            file_pruning_predicate=[("date", "=", day.isoformat())]
+        )
+    )
 
 
 def _readings_written(result: object) -> int:
@@ -197,8 +207,11 @@ def test_the_same_pipeline_on_s3_with_views_read_through_httpfs(
     assert [(u.partition, u.rows) for u in on_s3.units] == [
         (u.partition, u.rows) for u in on_disk.units
     ]
-    for key in local.list_keys(f"{CURATED}energy_daily/date=2024-10-12/"):
-        assert pl.read_parquet(io.BytesIO(s3.get(key))).equals(pl.read_parquet(local.root / key))
+    for table in ("energy_daily", "readings"):  # the same Delta tables, read from S3
+        from_s3, from_disk = (
+            CuratedTables(store).read(table, date(2024, 10, 12)) for store in (s3, local)
+        )
+        assert from_s3.height > 0 and from_s3.sort(pl.all()).equals(from_disk.sort(pl.all()))
     # the warehouse: views over s3:// paths, uploaded beside the data, read with httpfs
     assert on_s3.warehouse == "s3://process-bucket/acq/warehouse.duckdb"
     copy = tmp_path / "from-s3.duckdb"

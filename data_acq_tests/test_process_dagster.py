@@ -35,6 +35,7 @@ from data_acq import backoff
 from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.staging import stage
+from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import pending_units
 from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.jobs import charts_job, curate_job, live_job, stage_job
@@ -317,7 +318,7 @@ def test_units_run_in_parallel_and_equal_a_sequential_build(tmp_path: Path) -> N
     process(sequential, buckets=32)
     for table in ("readings", "pipeline_payloads", "energy_daily", "completeness_daily", "rejects"):
         both = [
-            pl.read_parquet(store.root / CURATED / table / "**" / "*.parquet").sort(pl.all())
+            pl.read_delta(str(store.root / CURATED / table)).sort(pl.all())
             for store in (parallel, sequential)
         ]
         assert both[0].drop("gaps", strict=False).equals(both[1].drop("gaps", strict=False)), table
@@ -372,11 +373,12 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
             "clock_skew": False,  # an hour ahead of arrival
             "sites_reporting": False,  # silent from 13:00 to the end of the day
         }
-        # a stray file beside a unit's own holds readings the unit already has
-        folder = store.root / CURATED / "readings" / "date=2024-10-12"
-        [unit] = list(folder.iterdir())
-        hour_file = next(unit.glob("*.parquet"))
-        shutil.copy(hour_file, unit / "copy-of-an-hour.parquet")
+        # readings filed under another hour than their time's: a copy no refresh replaces
+        tables = CuratedTables(store)
+        bucket = bucket_of("bad", settings.buckets)
+        misfiled = tables.read("readings", bad_day.date(), bucket, hour=12)
+        assert misfiled.height > 0
+        tables.replace("readings", misfiled, bad_day.date(), bucket, [20])
         assert checks("bad", bad_day)["duplicates_removed"] is False
 
 

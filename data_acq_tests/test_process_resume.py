@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 
 from data_acq.acquire.raw import encode_object, raw_key
+from data_acq.curate.tables import SCHEMAS
 from data_acq.curate.units import pending_units
-from data_acq.curate.warehouse import SCHEMAS
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.layout import CURATED
 from data_acq.messages import encode_record
@@ -25,7 +25,8 @@ from data_acq.storage import LocalStore
 CHUNK = 400  # messages per staging chunk: several chunks, so there is a "while staging"
 
 # Runs `process` in a child that SIGKILLs itself at the n-th write under a prefix: staging
-# files while staging, curated files and partials while refreshing units.
+# files while staging, a unit's partials (written once its hours are in the curated tables,
+# before its daily tables) while refreshing units.
 KILLER = """
 import os, signal, sys
 from pathlib import Path
@@ -74,16 +75,15 @@ def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
 def _outputs(root: Path) -> dict[str, pl.DataFrame]:
     """Every curated table and warehouse table, in a canonical order."""
     out = {}
-    for table in sorted(p.name for p in (root / CURATED).iterdir() if p.name != "charts"):
-        frame = pl.read_parquet(root / CURATED / table / "**" / "*.parquet", hive_partitioning=True)
-        out[table] = _canonical(frame)
+    for table in SCHEMAS:  # every stored column, bucket and hour included
+        out[table] = _canonical(pl.read_delta(str(root / CURATED / table)))
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
         for table in SCHEMAS:
             out[f"warehouse.{table}"] = _canonical(con.sql(f'select * from "{table}"').pl())
     return out
 
 
-@pytest.mark.parametrize(("prefix", "at"), [("staging/", 20), ("curated/", 30)])
+@pytest.mark.parametrize(("prefix", "at"), [("staging/", 20), ("state/partials/", 3)])
 def test_a_killed_process_finishes_its_work_when_run_again(
     tmp_path: Path, prefix: str, at: int
 ) -> None:
@@ -99,7 +99,7 @@ def test_a_killed_process_finishes_its_work_when_run_again(
     )
     assert killed.returncode == -9  # it really died there, mid-way
     left = set(pending_units(interrupted))
-    if prefix == "curated/":
+    if prefix == "state/partials/":
         assert left  # what it had not finished is still marked
     rerun = process(interrupted, chunk_size=CHUNK)
     refreshed = {(u.day, u.bucket) for u in rerun.units}

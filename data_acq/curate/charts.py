@@ -49,6 +49,7 @@ import polars as pl
 from data_acq import layout
 from data_acq.curate.aggregates import COUNTER_FIELDS
 from data_acq.curate.flatten import STATUS_SCHEMA
+from data_acq.curate.tables import CuratedTables
 from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
@@ -476,28 +477,19 @@ def site_day_chart(
     return buffer.getvalue()
 
 
-def _read(store: ObjectStore, table: str, day: date, columns: list[str]) -> list[pl.DataFrame]:
-    return [
-        pl.read_parquet(io.BytesIO(store.get(key)), columns=columns)
-        for key in store.list_keys(layout.curated_prefix(table, day))
-        if key.endswith(".parquet")
-    ]
-
-
 def write_charts(
     store: ObjectStore, day: date, progress: Progress | None = None
 ) -> list[tuple[str | None, str]]:
     """Draw every site's chart for `day` from its 15-minute aggregates and device status;
     (site, key) of each."""
     columns = ["site", "vid", "device", "field", "period", "mean", "min", "last"]
-    frames = _read(store, "readings_15min", day, columns)
-    if not frames:
+    tables = CuratedTables(store)
+    everything = tables.read("readings_15min", day).select(columns)
+    if everything.is_empty():
         return []
-    everything = pl.concat(frames)
     sites = everything["site"].unique().to_list()  # a chart for every site, drawn or not
     quarter_hours = everything.filter(pl.col("field").is_in((*POWER_FIELDS, *COUNTER_FIELDS)))
-    statuses = _read(store, "device_status", day, list(STATUS_SCHEMA))
-    status = pl.concat(statuses) if statuses else STATUS_SCHEMA.to_frame()
+    status = tables.read("device_status", day).select(list(STATUS_SCHEMA))
     status_by_site = status.partition_by("site", as_dict=True)
     keys = []
     parts = quarter_hours.partition_by("site", as_dict=True)

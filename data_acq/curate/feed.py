@@ -25,6 +25,7 @@ import polars as pl
 
 from data_acq import layout
 from data_acq.curate.parquet import read_parquet, to_parquet
+from data_acq.curate.tables import CuratedTables
 from data_acq.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,15 @@ def send_new_documents(
 ) -> SendResult:
     """Send the documents of these hours of a unit that were not sent before."""
     result = SendResult()
+    tables = CuratedTables(store)
     for hour in hours:
-        _send_hour(store, day, bucket, hour, sqs, queue_url, result)
+        _send_hour(store, tables, day, bucket, hour, sqs, queue_url, result)
     return result
 
 
 def _send_hour(
     store: ObjectStore,
+    tables: CuratedTables,
     day: date,
     bucket: int,
     hour: int,
@@ -108,8 +111,8 @@ def _send_hour(
     already = read_parquet(store, sent_key)
     if already is None:  # nothing sent for this hour yet
         already = pl.DataFrame(schema=SENT_SCHEMA)
-    documents = read_parquet(store, layout.curated_key("pipeline_payloads", day, bucket, hour))
-    if documents is None or documents.is_empty():
+    documents = tables.read("pipeline_payloads", day, bucket, hour)
+    if documents.is_empty():
         return
     documents = documents.select("site", "document")
     digests = [

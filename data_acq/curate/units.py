@@ -1,8 +1,9 @@
 """Step 2 of processing: refresh a unit -- a measurement date and a bucket of sites.
 
 Only the hours that new data touched are rebuilt (the pending markers name them), each from its
-own staging files, so a live tick late in the day costs what an early one does, and memory is
-bounded by one unit-hour. Each rebuilt hour leaves small partials (energy per counter series,
+own staging files and each replacing its rows in the curated Delta tables in one commit
+(`data_acq.curate.tables`), so a live tick late in the day costs what an early one does, and
+memory is bounded by one unit-hour. Each rebuilt hour leaves small partials (energy per counter series,
 completeness and check figures per site); the daily tables and the checks are made from the
 partials of the whole day. Only when everything is written are the unit's markers removed: a
 crash anywhere leaves them, and the unit is refreshed again, to the same result.
@@ -21,6 +22,7 @@ from data_acq.curate import aggregates
 from data_acq.curate.flatten import REJECT_KEY
 from data_acq.curate.parquet import DamagedObject, read_parquet, read_parquets, to_parquet
 from data_acq.curate.staging import restage_damaged
+from data_acq.curate.tables import CuratedTables
 from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
@@ -36,7 +38,7 @@ HOUR_STATS = pl.Schema(
         "readings": pl.Int64,
         # readings dropped because an earlier-received one had the same key but another value
         "conflicts": pl.Int64,
-        "duplicates_left": pl.Int64,  # counted in the file written, read back from storage
+        "duplicates_left": pl.Int64,  # counted in the table written, read back from storage
         "accepted_payloads": pl.Int64,
         "rejected_payloads": pl.Int64,  # rejected whole
         "ahead_of_receipt": pl.Int64,
@@ -60,8 +62,7 @@ class UnitResult:
     readings: int = 0
     duplicates_removed: int = 0  # redeliveries: the same reading received again
     conflicts: int = 0  # same key, another value: the first received is kept, these dropped
-    duplicates_left: int = 0  # in the unit's files, read back: must be 0
-    stray_files: dict[str, int] = field(default_factory=dict)  # files no refresh wrote: rows
+    duplicates_left: int = 0  # in the unit's rebuilt hours, read back: must be 0
     accepted_payloads: int = 0
     rejected_payloads: int = 0
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
@@ -138,13 +139,16 @@ def refresh_unit(
     progress: Progress | None = None,
     now: datetime | None = None,
     before_clearing: Callable[[UnitResult], None] | None = None,
+    tables: CuratedTables | None = None,
 ) -> UnitResult:
     """Rebuild the unit's pending hours (every staged hour when `full`, or when nothing is
     pending: a rebuild asked for by hand), its daily tables, and the next day's energy, whose
     first interval starts in this day.
 
     `before_clearing` runs once everything is written and before the pending markers go (the
-    SQS feed): if it fails, the unit stays pending and its next refresh does it again."""
+    SQS feed): if it fails, the unit stays pending and its next refresh does it again. A
+    caller refreshing many units passes its open `tables`."""
+    tables = tables or CuratedTables(store)
     markers = list(store.list_keys(layout.pending_prefix(day, bucket)))
     hours: set[int] = set().union(*(layout.pending_hours(m) for m in markers))
     if full or not hours:
@@ -152,7 +156,7 @@ def refresh_unit(
     result = UnitResult(day, bucket, sorted(hours))
     built = []
     for number, hour in enumerate(result.hours, start=1):
-        built.append(_build_hour(store, day, bucket, hour, result))
+        built.append(_build_hour(store, tables, day, bucket, hour, result))
         if progress:
             progress(f"{day} bucket {bucket:02d}: hours rebuilt", number, len(hours), "hours")
     stats = _merge_partials(
@@ -176,9 +180,8 @@ def refresh_unit(
         [c for _, _, c in built],
         aggregates.COMPLETENESS_PARTIAL,
     )
-    _write_daily(store, day, bucket, energy, completeness, result, now)
-    _refresh_next_days_energy(store, day, bucket, energy)
-    result.stray_files = _stray_files(store, day, bucket)
+    _write_daily(store, tables, day, bucket, energy, completeness, result, now)
+    _refresh_next_days_energy(store, tables, day, bucket, energy)
     _sum_stats(stats, result)
     if before_clearing is not None:
         before_clearing(result)
@@ -244,7 +247,7 @@ def _readings_once(staged: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
 
 def _put(
-    store: ObjectStore,
+    tables: CuratedTables,
     table: str,
     day: date,
     bucket: int,
@@ -252,16 +255,14 @@ def _put(
     frame: pl.DataFrame,
     result: UnitResult,
     stats: dict[str, object] | None = None,
-) -> str:
-    """One file per unit and hour (or per unit, for daily tables); `stats` learns its rows."""
-    key = layout.curated_key(table, day, bucket, hour)
-    frame = frame.drop("date", strict=False)
-    store.put(key, to_parquet(frame))
+) -> None:
+    """Replace the unit's rows of the hour (or of the day, for daily tables); `stats` learns
+    how many there are now."""
+    tables.replace(table, frame, day, bucket, None if hour is None else [hour])
     result.rows[table] = result.rows.get(table, 0) + frame.height
     result.previews[table] = preview_rows(frame)
     if stats is not None:
         stats[f"rows_{table}"] = frame.height
-    return key
 
 
 def preview_rows(frame: pl.DataFrame) -> pl.DataFrame:
@@ -271,7 +272,7 @@ def preview_rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _build_hour(
-    store: ObjectStore, day: date, bucket: int, hour: int, result: UnitResult
+    store: ObjectStore, tables: CuratedTables, day: date, bucket: int, hour: int, result: UnitResult
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Rebuild one hour's curated files; return its stats, energy and completeness partials."""
     stats = dict.fromkeys(HOUR_STATS.names(), 0) | {"hour": hour, "max_lag_s": None}
@@ -286,28 +287,27 @@ def _build_hour(
             (pl.col("time") > pl.col("received_at") + FUTURE_TOLERANCE).sum(),
             (pl.col("received_at") - pl.col("time")).max().dt.total_seconds(fractional=True),
         ).row(0)
-        key = _put(store, "readings", day, bucket, hour, readings, result, stats)
-        written = read_parquet(store, key)  # read back: what analysts will read
-        stats["duplicates_left"] = 0 if written is None else _duplicates(written)
+        _put(tables, "readings", day, bucket, hour, readings, result, stats)
+        stats["duplicates_left"] = _duplicates(_hour_read_back(tables, day, bucket, hour))
         quarter_hours = aggregates.readings_15min(readings)
-        _put(store, "readings_15min", day, bucket, hour, quarter_hours, result, stats)
+        _put(tables, "readings_15min", day, bucket, hour, quarter_hours, result, stats)
         energy = aggregates.energy_partials(readings)
     status = _staged(store, "device_status", day, bucket, hour)
     if status is not None:
         status = status.unique(maintain_order=True).sort(
             "site", "time", "vid", "device", nulls_last=True
         )
-        _put(store, "device_status", day, bucket, hour, status, result, stats)
+        _put(tables, "device_status", day, bucket, hour, status, result, stats)
     payloads = _staged(store, "pipeline_payloads", day, bucket, hour)
     if payloads is not None:
         payloads = first_received(payloads, PAYLOAD_KEY).sort("site", "time", nulls_last=True)
-        _put(store, "pipeline_payloads", day, bucket, hour, payloads, result, stats)
+        _put(tables, "pipeline_payloads", day, bucket, hour, payloads, result, stats)
         stats["accepted_payloads"] = payloads.height
         completeness = aggregates.completeness_partials(payloads)
     rejects = _staged(store, "rejects", day, bucket, hour)
     if rejects is not None:
         rejects = first_received(rejects, REJECT_KEY).sort("site", "time", nulls_last=True)
-        _put(store, "rejects", day, bucket, hour, rejects, result, stats)
+        _put(tables, "rejects", day, bucket, hour, rejects, result, stats)
         stats["rejected_payloads"] = rejects.filter(pl.col("time").is_null()).height
     hour_column = pl.lit(hour, pl.Int64).alias("hour")
     return (
@@ -315,6 +315,14 @@ def _build_hour(
         energy.with_columns(hour_column),
         completeness.with_columns(hour_column),
     )
+
+
+def _hour_read_back(tables: CuratedTables, day: date, bucket: int, hour: int) -> pl.DataFrame:
+    """The unit's readings measured in the hour, as analysts read them: whatever hour they are
+    filed under (a row filed under another hour would be a duplicate no refresh replaces)."""
+    start = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+    in_hour = pl.col("time").is_between(start, start + timedelta(hours=1), closed="left")
+    return tables.read("readings", day, bucket, where=in_hour)
 
 
 def _duplicates(readings: pl.DataFrame) -> int:
@@ -356,6 +364,7 @@ def _merge_partials(
 
 def _write_daily(
     store: ObjectStore,
+    tables: CuratedTables,
     day: date,
     bucket: int,
     energy: pl.DataFrame,
@@ -363,15 +372,16 @@ def _write_daily(
     result: UnitResult,
     now: datetime | None,
 ) -> None:
-    result.rows["energy_daily"] = _write_energy(store, day, bucket, energy=energy)
+    result.rows["energy_daily"] = _write_energy(store, tables, day, bucket, energy=energy)
     daily = aggregates.completeness_daily(completeness, day, now)
-    _put(store, "completeness_daily", day, bucket, None, daily.drop("last_time"), result)
+    _put(tables, "completeness_daily", day, bucket, None, daily.drop("last_time"), result)
     result.completeness = dict(daily.select("site", "ratio").iter_rows())
     result.last_payload = dict(daily.select("site", "last_time").iter_rows())
 
 
 def _write_energy(
     store: ObjectStore,
+    tables: CuratedTables,
     day: date,
     bucket: int,
     energy: pl.DataFrame | None = None,
@@ -402,7 +412,7 @@ def _write_energy(
         today = frames["energy"]
         before = frames["previous"] if frames["previous"] is not None else today.clear()
         daily = aggregates.energy_daily(today, before, day)
-        store.put(layout.curated_key("energy_daily", day, bucket), to_parquet(daily.drop("date")))
+        tables.replace("energy_daily", daily, day, bucket)
         if all(
             key is None or _same(frames[name], read_parquet(store, key))
             for name, key in keys.items()
@@ -416,20 +426,11 @@ def _same(a: pl.DataFrame | None, b: pl.DataFrame | None) -> bool:
 
 
 def _refresh_next_days_energy(
-    store: ObjectStore, day: date, bucket: int, energy: pl.DataFrame
+    store: ObjectStore, tables: CuratedTables, day: date, bucket: int, energy: pl.DataFrame
 ) -> None:
     """The next day's first counter interval starts in this day: if the next day has data, its
     energy is made again with this day's last readings."""
-    _write_energy(store, day + timedelta(days=1), bucket, previous=energy)
-
-
-def _stray_files(store: ObjectStore, day: date, bucket: int) -> dict[str, int]:
-    """Files in the unit's readings folder that no refresh wrote (a copy, an old layout's
-    leftovers), with their rows: every one of them is read twice, or should not be there."""
-    expected = {f"{hour:02d}.parquet" for hour in range(24)}
-    prefix = layout.curated_key("readings", day, bucket, 0).rsplit("/", 1)[0] + "/"
-    strays = [key for key in store.list_keys(prefix) if key.rsplit("/", 1)[1] not in expected]
-    return {key: frame.height for key in strays if (frame := read_parquet(store, key)) is not None}
+    _write_energy(store, tables, day + timedelta(days=1), bucket, previous=energy)
 
 
 def _sum_stats(stats: pl.DataFrame, result: UnitResult) -> None:
@@ -442,7 +443,7 @@ def _sum_stats(stats: pl.DataFrame, result: UnitResult) -> None:
     result.readings = totals["readings"]
     result.conflicts = totals["conflicts"]
     result.duplicates_removed = totals["staged_readings"] - totals["readings"] - result.conflicts
-    result.duplicates_left = totals["duplicates_left"] + sum(result.stray_files.values())
+    result.duplicates_left = totals["duplicates_left"]
     result.accepted_payloads = totals["accepted_payloads"]
     result.rejected_payloads = totals["rejected_payloads"]
     result.ahead_of_receipt = totals["ahead_of_receipt"]

@@ -85,7 +85,6 @@ def unit_checks(result: UnitResult, now: datetime | None = None) -> Iterator[Ass
         metadata={
             "removed": result.duplicates_removed,
             "left": result.duplicates_left,
-            "stray_files": MetadataValue.json(result.stray_files),
         },
     )
     yield AssetCheckResult(

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
+    AssetObservation,
     Config,
     DagsterRunStatus,
     OpExecutionContext,
@@ -16,12 +17,15 @@ from dagster import (
 from pydantic import Field
 
 from data_acq.acquire.broker import connect, make_client
+from data_acq.curate.compaction import RETAIN, upkeep
+from data_acq.curate.tables import CuratedTables
 from data_acq.defs.acquisition import raw_messages
 from data_acq.defs.live import live_window
 from data_acq.defs.partitions import settings
 from data_acq.defs.processing import curated, daily_charts, staged_raw, warehouse
-from data_acq.defs.resources import MQTTBroker
+from data_acq.defs.resources import MQTTBroker, Storage
 from data_acq.defs.windows import DRAIN_JOB, KIND_TAG, LIVE_JOB, OVERRUN_S
+from data_acq.progress import logged
 
 # EcsRunLauncher sizes each run's task by these tags: a drain holds a batch or two, a unit's
 # refresh one unit-hour at a time (docs/performance.md)
@@ -118,6 +122,57 @@ charts_job = define_asset_job(
     description="Draw a date's chart per site.",
     tags=PROCESSING,
 )
+
+
+class Upkeep(Config):
+    retain_hours: int = Field(
+        default=int(RETAIN.total_seconds() // 3600),
+        ge=1,
+        description="Files a table no longer holds are deleted this long after, for readers of "
+        "older snapshots",
+    )
+
+
+@op(
+    description="Compact each closed date of the curated tables into few large sorted files; "
+    "delete files older snapshots held, checkpoint the tables' logs."
+)
+def compact_curated(context: OpExecutionContext, config: Upkeep, storage: Storage) -> Output[int]:
+    tables = CuratedTables(storage.store())
+    result = upkeep(
+        tables, retain=timedelta(hours=config.retain_hours), progress=logged(context.log.info)
+    )
+    for name, days in result.compacted.items():
+        context.log_event(
+            AssetObservation(
+                asset_key=name,
+                metadata={
+                    "dates_compacted": ", ".join(str(day) for day in days),
+                    "files_before": result.files_before[name],
+                    "files_after": result.files_after[name],
+                },
+            )
+        )
+    context.log.info(
+        f"compacted {len(result.dates)} dates; deleted {sum(result.removed_files.values())} "
+        "old files"
+    )
+    return Output(
+        len(result.dates),
+        metadata={
+            "dates_compacted": len(result.dates),
+            "old_files_deleted": sum(result.removed_files.values()),
+        },
+    )
+
+
+@job(
+    description="Upkeep of the curated tables: closed dates compacted (late data included), "
+    "old files deleted. Hourly by schedule; `data-acq compact` does the same.",
+    tags=PROCESSING,
+)
+def compact_tables() -> None:
+    compact_curated()
 
 
 class RunRetention(Config):

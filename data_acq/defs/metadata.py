@@ -6,7 +6,7 @@ from datetime import date, datetime
 import polars as pl
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from data_acq.curate.warehouse import SCHEMAS
+from data_acq.curate.tables import SCHEMAS
 
 _DESCRIPTIONS = {
     "site": "the logger's node id, exactly as in the topic (a/<site>/...)",

@@ -81,7 +81,7 @@ def staging_metadata(result: StageResult | None) -> dict[str, object]:
             description=text,
             deps=[staged_raw],
             group_name="processing",
-            kinds={"polars", "parquet"},
+            kinds={"polars", "deltalake"},
             owners=OWNERS,
             metadata={"dagster/column_schema": curated_schema(name)},
         )
@@ -121,9 +121,7 @@ def unit_metadata(store: ObjectStore, result: UnitResult) -> dict[str, dict[str,
             "dagster/row_count": result.table_rows.get(name, 0),  # the unit's whole day
             "rows_written": result.rows.get(name, 0),
             "hours_rebuilt": ", ".join(f"{h:02d}:00" for h in result.hours) or "none",
-            "location": MetadataValue.path(
-                store.url(layout.curated_key(name, result.day, result.bucket).rsplit("/", 1)[0])
-            ),
+            "table": MetadataValue.path(store.url(layout.curated_prefix(name))),
         }
         if name == "readings":
             metadata |= {
@@ -146,9 +144,9 @@ def unit_metadata(store: ObjectStore, result: UnitResult) -> dict[str, dict[str,
     kinds={"duckdb"},
     owners=OWNERS,
     output_required=False,
-    description="DuckDB file <storage>/warehouse.duckdb: a view per curated table over its "
-    "Parquet files, so it never holds a copy and never needs a refresh. Written (and "
-    "materialized) only when the set of tables changes; see docs/analysts.md.",
+    description="DuckDB file <storage>/warehouse.duckdb: a view per curated Delta table, so it "
+    "never holds a copy and never needs a refresh. Written (and materialized) only when a "
+    "view's definition changes; see docs/analysts.md.",
 )
 def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[MaterializeResult]:
     location = refresh_warehouse(storage.store())

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from data_acq.backoff import Retries
 from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.staging import MAX_OBJECTS, StageResult, check_buckets, stage
+from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import Unit, UnitResult, pending_units
 from data_acq.curate.warehouse import refresh_warehouse
 from data_acq.live.shares import Share
@@ -109,6 +110,7 @@ def live_ticks(
     stats = stats if stats is not None else WindowStats()
     check_buckets(store, buckets)
     retries = Retries(clock)
+    tables = CuratedTables(store)  # kept open: each commit reads only the log's new entries
     ends = clock() + limits.window_s
     number = 0
     while True:
@@ -141,7 +143,7 @@ def live_ticks(
             if not retries.due(unit):
                 continue
             try:
-                tick.units.append(refresh(store, *unit, queue_url=queue_url))
+                tick.units.append(refresh(store, *unit, queue_url=queue_url, tables=tables))
                 retries.succeeded(unit)
                 recovered.append(label)
             except Exception as exc:  # the unit stays pending; the others go on
