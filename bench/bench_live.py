@@ -77,6 +77,7 @@ def vm_hwm_bytes() -> int:
 def child(root: Path, mode: str, buckets: int) -> dict[str, Any]:
     """Process what is new in `root`, counting storage requests: everything (`catch-up`,
     untimed) or one live refresh (`tick`)."""
+    from data_acq.acquire.raw import key_time, raw_keys
     from data_acq.live.shares import Share
     from data_acq.live.window import WindowLimits, live_ticks
     from data_acq.pipeline import process
@@ -113,7 +114,10 @@ def child(root: Path, mode: str, buckets: int) -> dict[str, Any]:
         for key in new_raw_keys(store):
             stage(store, [key], buckets)
     if mode.startswith("catch-up"):
-        process(store, buckets=buckets)
+        # dates close by the simulation's clock (its newest receive time), not today's: the
+        # simulated day is live, the history days before it closed and compacted
+        newest = max(filter(None, map(key_time, raw_keys(store))), default=None)
+        process(store, buckets=buckets, now=newest)
         return {}
     started, cpu = time.perf_counter(), time.process_time()
     tick = next(live_ticks(store, Share(), buckets, WindowLimits(window_s=3600)))

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from multiprocessing import get_context
 from typing import Any
@@ -140,11 +140,13 @@ def process(
     workers: int = 1,
     opener: Opener | None = None,
     queue_url: str | None = None,
+    now: datetime | None = None,
 ) -> ProcessResult:
     """Stage whatever raw holds that is new, refresh every unit with pending hours (those just
     staged, and those a killed run left) and every unit of `dates` in full, compact whatever
-    closed date needs it (a reader of a closed date finds it compacted), then the warehouse.
-    Old files are left to `data-acq compact`'s expiry."""
+    closed date needs it (a reader of a closed date finds it compacted; `now` is the clock a
+    date is closed by, the real one unless a simulation runs its own), then the warehouse. Old
+    files are left to `data-acq compact`'s expiry."""
     store.check()
     check_buckets(store, buckets)
     if opener is None and isinstance(store, LocalStore):
@@ -159,5 +161,5 @@ def process(
         units |= dict.fromkeys(((day, bucket) for bucket in staged_units(store, day)), True)
     results = refresh_units(store, units, workers, opener, queue_url, progress)
     warehouse = refresh_warehouse(store)
-    compacted = upkeep(CuratedTables(store), retain=None, progress=progress)
+    compacted = upkeep(CuratedTables(store), now=now, retain=None, progress=progress)
     return ProcessResult(staged, results, warehouse, compacted)

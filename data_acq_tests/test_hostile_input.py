@@ -126,7 +126,7 @@ def test_poison_and_odd_site_ids_through_the_whole_pipeline(tmp_path: Path) -> N
     assert skipped["$.r[0]._s"] == "_s is an integer, expected an array"
     assert skipped["$.r[1].x"] == "value is an array, expected a scalar"
 
-    payloads = pl.read_parquet(store.root / CURATED / "pipeline_payloads" / "**" / "*.parquet")
+    payloads = pl.read_delta(str(store.root / CURATED / "pipeline_payloads"))
     for site in SITES:
         assert payloads.filter(pl.col("site") == site).height == minutes
 
@@ -158,5 +158,5 @@ def test_a_raw_object_that_cannot_be_read_is_rejected_not_fatal(tmp_path: Path) 
     result = process(store)
     assert result.staged is not None and result.staged.messages == 2
     assert sum(unit.rows.get("readings", 0) for unit in result.units) == 2
-    rejects = pl.read_parquet(store.root / CURATED / "rejects" / "**" / "*.parquet")
+    rejects = pl.read_delta(str(store.root / CURATED / "rejects"))
     assert rejects["reason"].str.starts_with("unreadable raw object").sum() == 1

@@ -212,7 +212,7 @@ def test_staging_that_fails_once_resumes_by_itself_with_more_than_1000_objects_w
         assert run.success  # type: ignore[attr-defined]  # nothing still failing at the end
     assert new_raw_keys(store) == []  # all 1,200 staged
     assert pending_units(store) == {}
-    readings = pl.read_parquet(store.root / CURATED / "readings" / "**" / "*.parquet")
+    readings = pl.read_delta(str(store.root / CURATED / "readings"))
     assert readings.select("site", "time").n_unique() == 1_200
 
 
