@@ -102,7 +102,7 @@ def test_closed_dates_are_compacted_into_one_sorted_file_per_table(tmp_path: Pat
 def test_a_backlog_three_days_late_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
     """One site is offline on the 13th; its payloads arrive on the 16th, after the 13th was
     compacted. The result equals one run that had everything (same receive times)."""
-    spec = SimulationSpec(sites=3, start=datetime(2024, 10, 12, 20, tzinfo=UTC), minutes=36 * 60)
+    spec = SimulationSpec(sites=2, start=datetime(2024, 10, 12, 22, tzinfo=UTC), minutes=28 * 60)
     messages = list(simulate(spec))
     site = messages[0][0]
     offline = [
