@@ -3,6 +3,7 @@ half-written change, late data landing on its dates."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -251,3 +252,29 @@ def _storage(store: LocalStore) -> object:
     from data_acq.defs.resources import LocalStorage
 
     return LocalStorage(root=str(store.root))
+
+
+def test_a_large_date_is_compacted_into_bounded_files_by_bucket_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past TARGET_BYTES a date is one file per contiguous range of buckets (so that late data
+    rewrites only its range's file), each sorted, together the same rows."""
+    store = LocalStore(tmp_path / "store")
+    spec = SimulationSpec(sites=8, start=datetime(2024, 10, 12, 20, tzinfo=UTC), minutes=120)
+    _hourly_raw(store, list(simulate(spec)))
+    monkeypatch.setattr(compaction, "TARGET_BYTES", 8_000)  # a few KB a file
+    process(store, buckets=4)
+    tables = CuratedTables(store)
+    files = _files(store, "readings", DAY)
+    assert len(files) > 1
+    ranges = []
+    for path in files:
+        part = pl.read_parquet(path)
+        assert part.select(pl.struct("bucket", *SORT["readings"]).is_sorted()).item()
+        ranges.append((part["bucket"].min(), part["bucket"].max()))
+    ranges.sort()
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))  # disjoint
+    assert compaction.needs_compaction(tables, datetime.now(UTC)) == {}
+    everything = pl.concat([pl.read_parquet(path) for path in files])
+    stored = pl.read_delta(location(store, "readings")).drop("date")  # the partition
+    assert _canonical(everything).equals(_canonical(stored))

@@ -35,7 +35,8 @@ from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
 CLOSE_AFTER = timedelta(hours=1)  # a date is closed this long after it ended
-TARGET_BYTES = 512 * 2**20  # a compacted file's size at most (Parquet, compressed)
+TARGET_BYTES = 512 * 2**20  # a compacted file's size at most (Parquet, compressed) ...
+FILE_BYTES = 2**31  # ... so the writer, told this, never splits a range's file
 RETAIN = timedelta(hours=24)  # removed files are kept this long for readers' older snapshots
 ROW_GROUP_ROWS = 256 * 1024  # row groups: a site's rows skip the rest by their statistics
 WRITER = WriterProperties(compression="ZSTD", max_row_group_size=ROW_GROUP_ROWS)
@@ -156,7 +157,7 @@ def compact_date(tables: CuratedTables, name: str, day: date) -> frozenset[str]:
                     delta_write_options={
                         "predicate": where,
                         "writer_properties": WRITER,
-                        "target_file_size": 2 * TARGET_BYTES,  # one file per range
+                        "target_file_size": FILE_BYTES,
                     },
                 )
                 break
