@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pytest
 import requests
 
@@ -187,3 +188,12 @@ def receive_all(sqs: object, queue: str) -> list[tuple[str, str]]:
             Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
         )
     return got
+
+
+def canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    """A table in one order whatever order it was written in, to compare two runs' outputs."""
+    if "gaps" in frame.columns:  # lists of structs do not sort: compare them as text
+        frame = frame.with_columns(
+            pl.col("gaps").list.eval(pl.element().struct.json_encode()).list.join(";")
+        )
+    return frame.sort(pl.all())

@@ -24,7 +24,7 @@ from data_acq.layout import CURATED
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.storage import LocalStore, ObjectStore, S3Store
-from data_acq_tests.conftest import MotoS3
+from data_acq_tests.conftest import MotoS3, canonical
 
 DAY = date(2024, 10, 12)
 Sent = list[tuple[str, bytes]]
@@ -42,14 +42,6 @@ def _files(store: ObjectStore, table: str, day: date) -> list[str]:
     )
 
 
-def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
-    if "gaps" in frame.columns:  # lists of structs do not sort: compare them as text
-        frame = frame.with_columns(
-            pl.col("gaps").list.eval(pl.element().struct.json_encode()).list.join(";")
-        )
-    return frame.sort(pl.all())
-
-
 def _tables(store: LocalStore) -> dict[str, pl.DataFrame]:
     """Every table, every stored column, as analysts read it through the warehouse too; but a
     reject's raw object, whose name is random."""
@@ -57,7 +49,7 @@ def _tables(store: LocalStore) -> dict[str, pl.DataFrame]:
     with connect(store.root / "warehouse.duckdb") as con:
         for name in SCHEMAS:
             out[f"view {name}"] = con.sql(f'select * from "{name}"').pl()
-    return {name: _canonical(frame.drop("source", strict=False)) for name, frame in out.items()}
+    return {name: canonical(frame.drop("source", strict=False)) for name, frame in out.items()}
 
 
 def _stamp(body: bytes) -> datetime:
@@ -97,7 +89,7 @@ def test_closed_dates_are_compacted_into_one_sorted_file_per_table(tmp_path: Pat
     assert on_disk == {Path(f).name for f in _files(store, "readings", DAY)}
     after = {name: tables.read(name, DAY) for name in SCHEMAS}
     for name in SCHEMAS:
-        assert _canonical(after[name]).equals(_canonical(before[name])), name
+        assert canonical(after[name]).equals(canonical(before[name])), name
 
 
 def test_a_backlog_three_days_late_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -277,4 +269,4 @@ def test_a_large_date_is_compacted_into_bounded_files_by_bucket_range(
     assert compaction.needs_compaction(tables, datetime.now(UTC)) == {}
     everything = pl.concat([pl.read_parquet(path) for path in files])
     stored = pl.read_delta(location(store, "readings")).drop("date")  # the partition
-    assert _canonical(everything).equals(_canonical(stored))
+    assert canonical(everything).equals(canonical(stored))

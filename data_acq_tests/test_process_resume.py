@@ -21,6 +21,7 @@ from data_acq.layout import CURATED
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.storage import LocalStore
+from data_acq_tests.conftest import canonical
 
 CHUNK = 400  # messages per staging chunk: several chunks, so there is a "while staging"
 
@@ -64,22 +65,14 @@ def _raw(store: LocalStore) -> None:
         store.put_new(raw_key(received, "test"), encode_object(lines))
 
 
-def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
-    if "gaps" in frame.columns:  # lists of structs do not sort: compare them as text
-        frame = frame.with_columns(
-            pl.col("gaps").list.eval(pl.element().struct.json_encode()).list.join(";")
-        )
-    return frame.sort(pl.all())
-
-
 def _outputs(root: Path) -> dict[str, pl.DataFrame]:
     """Every curated table and warehouse table, in a canonical order."""
     out = {}
     for table in SCHEMAS:  # every stored column, bucket and hour included
-        out[table] = _canonical(pl.read_delta(str(root / CURATED / table)))
+        out[table] = canonical(pl.read_delta(str(root / CURATED / table)))
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
         for table in SCHEMAS:
-            out[f"warehouse.{table}"] = _canonical(con.sql(f'select * from "{table}"').pl())
+            out[f"warehouse.{table}"] = canonical(con.sql(f'select * from "{table}"').pl())
     return out
 
 
