@@ -130,6 +130,10 @@ def test_a_backlog_three_days_late_ends_as_an_uninterrupted_run(tmp_path: Path) 
     expected, got = _tables(uninterrupted), _tables(store)
     for name, frame in expected.items():
         assert got[name].equals(frame), name
+    for name in ("energy_daily", "completeness_daily"):  # small: a month in one file
+        table = DeltaTable(location(store, name))
+        assert len(table.file_uris()) == 1 and table.to_pyarrow_table().num_rows > 0
+        assert table.metadata().partition_columns == []
 
 
 def test_an_analyst_sees_whole_snapshots_while_refreshes_and_a_compaction_run(

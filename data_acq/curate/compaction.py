@@ -1,18 +1,20 @@
-"""Upkeep of the curated tables: closed dates compacted, old snapshots and files removed.
+"""Upkeep of the curated tables: closed periods compacted, old snapshots and files removed.
 
 While a date is live, each unit's refresh replaces its hour in small files: cheap to write,
 costly to read for years (a file per table, bucket and hour). Once the date has closed (an hour
 after it ended, so that the last minutes' payloads have landed), its rows are rewritten into
 few large files sorted by bucket, site and time: one per table and date at typical fleets, one
 per `TARGET_BYTES` of data at large ones (each a contiguous range of buckets, so that late data
-rewrites only its own range). A compaction is one commit per file's range: a reader sees the
-date before or after it, and a refresh that commits in between makes the compaction start that
+rewrites only its own range). The daily tables, a few rows per site and day, are compacted a
+month at a time instead: the month's closed dates into one file. A compaction is one commit per file's range: a reader sees the
+period before or after it, and a refresh that commits in between makes the compaction start that
 range again rather than lose the refresh's rows (Delta's conflict check).
 
 Late data for a compacted date is written by its unit's refresh as usual (replacing its hours'
-rows, which rewrites the large file's range); the date then needs compacting again, and the
-next upkeep does it. Which dates are compacted is kept in `state/compacted/<table>.json`: the
-files each date's compaction left. A date whose files are no longer exactly those needs it.
+rows, which rewrites the large file's range); the period then needs compacting again, and the
+next upkeep does it. Which periods are compacted is kept in `state/compacted/<table>.json`: the
+files each period's compaction left. A period whose closed files are no longer exactly those
+needs it.
 Files that no snapshot younger than `RETAIN` needs are deleted (vacuum), the log is
 checkpointed, and log entries past the tables' log retention are removed.
 """
@@ -30,7 +32,7 @@ from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from data_acq import layout
-from data_acq.curate.tables import COMMIT_ATTEMPTS, SCHEMAS, SORT, CuratedTables
+from data_acq.curate.tables import COMMIT_ATTEMPTS, PARTITIONED, SCHEMAS, SORT, CuratedTables
 from data_acq.progress import Progress
 from data_acq.storage import ObjectStore
 
@@ -43,12 +45,14 @@ WRITER = WriterProperties(compression="ZSTD", max_row_group_size=ROW_GROUP_ROWS)
 
 
 @dataclass
-class DateFiles:
-    """A date's files in one table, as the table's snapshot lists them."""
+class PeriodFiles:
+    """A period's closed files in one table (a date's, or for daily tables a month's), as the
+    table's version lists them."""
 
     paths: frozenset[str]
     size: int
     buckets: tuple[int, int]  # smallest and largest bucket
+    last: date  # the last closed date they hold
 
     @property
     def files(self) -> int:
@@ -56,7 +60,7 @@ class DateFiles:
 
     @property
     def wanted(self) -> int:
-        """How many files the date should have once compacted."""
+        """How many files the period should have once compacted."""
         return max(1, math.ceil(self.size / TARGET_BYTES))
 
 
@@ -64,8 +68,8 @@ class DateFiles:
 class CompactResult:
     """What an upkeep did, per table."""
 
-    compacted: dict[str, list[date]] = field(default_factory=dict)
-    files_before: dict[str, int] = field(default_factory=dict)  # of the dates compacted
+    compacted: dict[str, list[date]] = field(default_factory=dict)  # periods (first dates)
+    files_before: dict[str, int] = field(default_factory=dict)  # of the periods compacted
     files_after: dict[str, int] = field(default_factory=dict)
     removed_files: dict[str, int] = field(default_factory=dict)  # deleted by the vacuum
 
@@ -79,27 +83,51 @@ def closed(day: date, now: datetime) -> bool:
     return now >= end + CLOSE_AFTER
 
 
-def date_files(table: DeltaTable) -> dict[date, DateFiles]:
-    """Each date's files, sizes and bucket range, from the log (no data file is opened)."""
+def period_of(name: str, day: date) -> date:
+    """The first day of the period a date is compacted with."""
+    return day if name in PARTITIONED else day.replace(day=1)
+
+
+def closed_files(name: str, table: DeltaTable, now: datetime) -> dict[date, PeriodFiles]:
+    """Each period's files of closed dates only, from the log (no data file is opened): a
+    file's dates are its partition's, or its date statistics' (unpartitioned tables)."""
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
     if actions.is_empty():
         return {}
-    per_date = actions.group_by(pl.col("partition.date").alias("date")).agg(
-        paths=pl.col("path"),
-        size=pl.col("size_bytes").sum(),
-        low=pl.col("min.bucket").min(),
-        high=pl.col("max.bucket").max(),
-    )
-    return {
-        row["date"]: DateFiles(
-            frozenset(row["paths"]), row["size"], (row["low"] or 0, row["high"] or 0)
+    if name in PARTITIONED:
+        first = last = pl.col("partition.date")
+    else:
+        first, last = pl.col("min.date"), pl.col("max.date")
+    files = actions.select(
+        "path",
+        size="size_bytes",
+        first=first.cast(pl.Date),
+        last=last.cast(pl.Date),
+        low=pl.col("min.bucket"),
+        high=pl.col("max.bucket"),
+    ).filter(pl.col("last").is_not_null())
+    periods: dict[date, PeriodFiles] = {}
+    for row in files.iter_rows(named=True):
+        if not closed(row["last"], now):
+            continue
+        period = period_of(name, row["first"])
+        known = periods.get(period)
+        low, high = row["low"] or 0, row["high"] or 0
+        periods[period] = (
+            PeriodFiles(frozenset([row["path"]]), row["size"], (low, high), row["last"])
+            if known is None
+            else PeriodFiles(
+                known.paths | {row["path"]},
+                known.size + row["size"],
+                (min(known.buckets[0], low), max(known.buckets[1], high)),
+                max(known.last, row["last"]),
+            )
         )
-        for row in per_date.iter_rows(named=True)
-    }
+    return periods
 
 
 def compacted_files(store: ObjectStore, name: str) -> dict[str, list[str]]:
-    """Per date (ISO text), the files its last compaction left."""
+    """Per period (its first date, ISO text), the files its last compaction left."""
     try:
         return json.loads(store.get(layout.compacted_key(name)))
     except FileNotFoundError:
@@ -109,44 +137,47 @@ def compacted_files(store: ObjectStore, name: str) -> dict[str, list[str]]:
 def needs_compaction(
     tables: CuratedTables, now: datetime, only: Iterable[date] | None = None
 ) -> dict[str, list[date]]:
-    """Per table, its closed dates whose files are not those their last compaction left."""
-    wanted = set(only) if only is not None else None
+    """Per table, the periods whose closed files are not those their last compaction left
+    (periods holding one of the dates `only`, when given)."""
     todo: dict[str, list[date]] = {}
     for name in SCHEMAS:
+        wanted = None if only is None else {period_of(name, day) for day in only}
         done = compacted_files(tables.store, name)
-        dates = [
-            day
-            for day, files in date_files(tables.table(name)).items()
-            if closed(day, now)
-            and files.paths != frozenset(done.get(day.isoformat(), ()))
-            and (wanted is None or day in wanted)
+        periods = [
+            period
+            for period, files in closed_files(name, tables.table(name), now).items()
+            if files.paths != frozenset(done.get(period.isoformat(), ()))
+            and (wanted is None or period in wanted)
         ]
-        if dates:
-            todo[name] = sorted(dates)
+        if periods:
+            todo[name] = sorted(periods)
     return todo
 
 
-def _ranges(files: DateFiles) -> list[tuple[int, int]]:
-    """Contiguous bucket ranges, one per file to write (by the date's size so far)."""
+def _ranges(files: PeriodFiles) -> list[tuple[int, int]]:
+    """Contiguous bucket ranges, one per file to write (by the period's size so far)."""
     low, high = files.buckets
     count = min(files.wanted, high - low + 1)
     edges = [low + round(i * (high - low + 1) / count) for i in range(count + 1)]
     return [(edges[i], edges[i + 1] - 1) for i in range(count)]
 
 
-def compact_date(tables: CuratedTables, name: str, day: date) -> frozenset[str]:
-    """Rewrite the date's rows into few sorted files; the files it holds now."""
-    table = tables.table(name)
-    files = date_files(table).get(day)
+def compact_period(tables: CuratedTables, name: str, period: date, now: datetime) -> frozenset[str]:
+    """Rewrite the period's closed rows into few sorted files; the files it holds now."""
+    files = closed_files(name, tables.table(name), now).get(period)
     if files is None:
         return frozenset()
     for low, high in _ranges(files):
-        where = f"date = '{day.isoformat()}' AND bucket >= {low} AND bucket <= {high}"
+        dates = pl.col("date").is_between(period, files.last)
+        where = (
+            f"date >= '{period.isoformat()}' AND date <= '{files.last.isoformat()}' "
+            f"AND bucket >= {low} AND bucket <= {high}"
+        )
         for attempt in range(COMMIT_ATTEMPTS):
-            table = tables.table(name)  # the snapshot this attempt reads and replaces
+            table = tables.table(name)  # the version this attempt reads and replaces
             rows = (
                 pl.scan_delta(table)
-                .filter(pl.col("date") == day, pl.col("bucket").is_between(low, high))
+                .filter(dates, pl.col("bucket").is_between(low, high))
                 .sort("bucket", *SORT[name], nulls_last=True)
                 .collect()
             )
@@ -161,11 +192,11 @@ def compact_date(tables: CuratedTables, name: str, day: date) -> frozenset[str]:
                     },
                 )
                 break
-            except CommitFailedError:  # a refresh wrote the date meanwhile: read it again
+            except CommitFailedError:  # a refresh wrote the period meanwhile: read it again
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise
-    now = date_files(tables.table(name)).get(day)
-    return now.paths if now else frozenset()
+    now_files = closed_files(name, tables.table(name), now).get(period)
+    return now_files.paths if now_files else frozenset()
 
 
 def expire(tables: CuratedTables, name: str, retain: timedelta = RETAIN) -> int:
@@ -191,26 +222,26 @@ def upkeep(
     retain: timedelta | None = RETAIN,
     progress: Progress | None = None,
 ) -> CompactResult:
-    """Compact every closed date that needs it (of `only`, when given), then expire old files
-    (unless `retain` is None)."""
+    """Compact every period with closed dates that needs it (of the dates `only`, when given),
+    then expire old files (unless `retain` is None)."""
     now = now or datetime.now(UTC)
     result = CompactResult()
     todo = needs_compaction(tables, now, only)
     total = sum(len(days) for days in todo.values())
     done = 0
-    for name, days in todo.items():
-        before = date_files(tables.table(name))
-        result.compacted[name] = days
-        result.files_before[name] = sum(before[day].files for day in days)
+    for name, periods in todo.items():
+        before = closed_files(name, tables.table(name), now)
+        result.compacted[name] = periods
+        result.files_before[name] = sum(before[period].files for period in periods)
         result.files_after[name] = 0
         state = compacted_files(tables.store, name)
-        for day in days:
-            left = compact_date(tables, name, day)
+        for period in periods:
+            left = compact_period(tables, name, period, now)
             result.files_after[name] += len(left)
-            state[day.isoformat()] = sorted(left)
+            state[period.isoformat()] = sorted(left)
             done += 1
             if progress:
-                progress("dates compacted", done, total, "table-dates")
+                progress("periods compacted", done, total, "table-periods")
         # read again: an upkeep elsewhere may have recorded other dates meanwhile
         tables.store.put(
             layout.compacted_key(name),

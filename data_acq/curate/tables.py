@@ -6,8 +6,8 @@ sees the table before or after, never half of it (no duplicates, no gaps). Why D
 lives beside the data (no catalog service to run), Polars, DuckDB and Athena read it natively,
 and concurrent writers are kept apart by S3's conditional writes.
 
-Each table has a fixed schema, created with the table, so no reader discovers it file by
-file; a column added here reaches the table as a schema change its log records. Beside their
+Hourly tables are partitioned by date, daily tables (small) not. Each table has a fixed
+schema, created with the table, so no reader discovers it file by file; a column added here reaches the table as a schema change its log records. Beside their
 own columns the tables hold `date` (the partition), `bucket` (the unit's) and, in hourly tables,
 `hour`: a unit's refresh replaces exactly its rows by predicate, whatever files hold them (the
 hot day's small files, or a closed day's compacted file when data comes late).
@@ -75,9 +75,13 @@ SORT = {
     "pipeline_payloads": ("site", "time"),
     "rejects": ("site", "time"),
     "readings_15min": ("site", "period", "vid", "device", "field"),
-    "energy_daily": ("site", "vid", "field"),
-    "completeness_daily": ("site",),
+    "energy_daily": ("site", "date", "vid", "field"),
+    "completeness_daily": ("site", "date"),
 }
+# Hourly tables are partitioned by date and compacted a date at a time; the daily ones are a few
+# rows per site and day, so a file a date would be mostly overhead for their readers: they are
+# not partitioned (readers skip files by their date statistics) and compacted a month at a time
+PARTITIONED = frozenset(layout.HOURLY_TABLES)
 COMMIT_ATTEMPTS = 10
 WRITER = WriterProperties(compression="ZSTD")
 PROPERTIES = {
@@ -173,7 +177,7 @@ class CuratedTables:
             opened = DeltaTable.create(
                 uri,
                 schema,
-                partition_by=["date"],
+                partition_by=["date"] if name in PARTITIONED else None,
                 mode="ignore",  # another worker may create it at the same moment
                 configuration=PROPERTIES,
                 storage_options=self.options,
