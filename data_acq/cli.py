@@ -381,7 +381,7 @@ def cmd_process(args: argparse.Namespace) -> None:
 def _log_compaction(result: CompactResult) -> None:
     for table, days in result.compacted.items():
         log.info(
-            "%s: %d closed dates compacted (%s), %d files into %d",
+            "%s: %d periods compacted (%s), %d files into %d",
             table,
             len(days),
             _date_span(days),
@@ -407,7 +407,7 @@ def cmd_compact(args: argparse.Namespace) -> None:
             progress=bars,
         )
     if not result.compacted:
-        log.info("no closed date needs compacting")
+        log.info("no closed period needs compacting")
     _log_compaction(result)
 
 

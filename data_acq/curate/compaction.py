@@ -75,6 +75,7 @@ class CompactResult:
 
     @property
     def dates(self) -> list[date]:
+        """The periods compacted, by their first dates (a date; a month for daily tables)."""
         return sorted({day for days in self.compacted.values() for day in days})
 
 
