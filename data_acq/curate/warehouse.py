@@ -67,9 +67,10 @@ def connect(path: str | Path, store: ObjectStore | None = None) -> duckdb.DuckDB
     """A read-only session on a warehouse file, ready to query (S3 credentials when `store`
     is on S3)."""
     con = duckdb.connect(str(path), read_only=True)
-    install_extensions(con)
     if store is not None and not isinstance(store, LocalStore):
-        connect_s3(con)
+        connect_s3(con)  # the extensions too
+    else:
+        install_extensions(con)
     return con
 
 
@@ -106,9 +107,10 @@ def _quote(text: str) -> str:
 
 def _build(path: Path, views: dict[str, str], s3: bool) -> None:
     with duckdb.connect(str(path)) as con:
-        install_extensions(con)
         if s3:
-            connect_s3(con)  # a view is checked against its table when it is created
+            connect_s3(con)  # the extensions too; a view is checked against its table
+        else:
+            install_extensions(con)
         for table, query in views.items():
             con.execute(f'create view "{table}" as {query}')
 
