@@ -78,12 +78,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -95,6 +94,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from s3_counting import CountingApp
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out" / "history"
@@ -1163,55 +1163,8 @@ def measure_io(days: int, sql: dict[str, str], side: str) -> IoResult:
 # --- moto's S3, counting requests ---------------------------------------------------------------
 
 
-class CountingApp:
-    """WSGI middleware in front of moto: requests and response bytes per kind (GET, LIST = a GET
-    on a bucket, HEAD, PUT, ...)."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-        self.counts: Counter[str] = Counter()
-        self.trace: list[tuple[str, str, str, int]] | None = None  # requests, when debugging
-
-    def take(self) -> Counter[str]:
-        """The counts since the last call (and reset them)."""
-        with self.lock:
-            counts, self.counts = self.counts, Counter()
-        return counts
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        method = environ["REQUEST_METHOD"]
-        if method == "GET":
-            parts = environ.get("PATH_INFO", "").strip("/").split("/", 1)
-            if len(parts) < 2 or not parts[1]:
-                method = "LIST"
-        return self._counted(method, environ, start_response)
-
-    def _counted(
-        self, kind: str, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterator[bytes]:
-        result = self.app(environ, start_response)
-        sent = 0
-        try:
-            for chunk in result:
-                sent += len(chunk)
-                yield chunk
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-            with self.lock:
-                self.counts[kind] += 1
-                self.counts[f"{kind}_bytes"] += sent
-                if "/_delta_log/" in environ.get("PATH_INFO", ""):
-                    self.counts[f"{kind}_log"] += 1
-                if self.trace is not None:
-                    self.trace.append(
-                        (kind, environ.get("PATH_INFO", ""), environ.get("HTTP_RANGE", ""), sent)
-                    )
-
-
 class Moto:
-    """moto's S3 server on a free port of 127.0.0.1, behind CountingApp."""
+    """moto's S3 server on a free port of 127.0.0.1, behind s3_counting.CountingApp."""
 
     def __init__(self) -> None:
         from moto.moto_server.threaded_moto_server import ThreadedMotoServer
@@ -1416,11 +1369,11 @@ def measure_s3(moto: Moto, days: int, sql: dict[str, str], uploaded: bool) -> S3
         tables = {}
         for side, database in (("project", project), ("anchor", anchor)):
             con = connect(database, store)
-            moto.counter.take()
+            moto.counter.take(moto.port)
             began = time.perf_counter()
             tables[side] = run(con, sql[query.key])
             result.seconds.setdefault(query.key, {})[side] = time.perf_counter() - began
-            result.counts.setdefault(query.key, {})[side] = moto.counter.take()
+            result.counts.setdefault(query.key, {})[side] = moto.counter.take(moto.port)
             con.close()
         result.same[query.key] = same_result(tables["project"], tables["anchor"])
         c = result.counts[query.key]
@@ -1529,7 +1482,7 @@ def report(
                 c = s3[days].counts[query.key]
                 head = f"{c['project']['HEAD']}/{c['anchor']['HEAD']}"
                 listing = f"{c['project']['LIST']}/{c['anchor']['LIST']}"
-                log_gets = str(c["project"]["GET_log"])
+                log_gets = str(c["project"]["GET_meta"])
                 sec = s3[days].seconds[query.key]
                 secs = f"{sec['project']:.2f}/{sec['anchor']:.2f}"
             scans = f"{io[days]['project'].scan_files[query.key]}/"

@@ -57,7 +57,7 @@ import time
 import urllib.request
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from s3_counting import CountingApp
 
 OUT_DIR = Path(__file__).resolve().parent / "out" / "table_formats"
 S3_BUCKET = "bench"
@@ -84,72 +85,6 @@ os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")
 
 
 # --- moto's S3, counting requests ---------------------------------------------------------------
-
-
-def _request_kind(environ: dict[str, Any]) -> str:
-    """GET, LIST (a GET on a bucket), HEAD, PUT, POST or DELETE: S3 prices LIST like PUT."""
-    method = environ["REQUEST_METHOD"]
-    if method != "GET":
-        return method
-    parts = environ.get("PATH_INFO", "").strip("/").split("/", 1)
-    if len(parts) < 2 or not parts[1] or "list-type" in environ.get("QUERY_STRING", ""):
-        return "LIST"
-    return "GET"
-
-
-class CountingApp:
-    """WSGI middleware in front of moto: counts requests by kind, the bytes answered, the GETs
-    of table metadata (Delta's `_delta_log/`, Iceberg's `metadata/`), the conditional PUTs and
-    the 412s (a conditional PUT that lost the race), separately for each port it listens on.
-    `/__bench__/counts` answers that port's counters and resets them."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-        self.counts: dict[str, Counter[str]] = {}
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "").startswith("/__bench__/"):
-            with self.lock:
-                body = json.dumps(self.counts.pop(environ["SERVER_PORT"], {})).encode()
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
-        return self._counted(environ, start_response)
-
-    def _counted(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterator[bytes]:
-        kind = _request_kind(environ)
-        path = environ.get("PATH_INFO", "")
-        status: list[str] = []
-
-        def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
-            status.append(code)
-            return start_response(code, headers, exc_info)
-
-        result = self.app(environ, recording_start_response)
-        sent = 0
-        try:
-            for chunk in result:
-                sent += len(chunk)
-                yield chunk
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-            code = status[-1][:3] if status else "000"
-            with self.lock:
-                counts = self.counts.setdefault(environ["SERVER_PORT"], Counter())
-                counts[kind] += 1
-                counts[f"{kind}_bytes"] += sent
-                counts["bytes_in"] += int(environ.get("CONTENT_LENGTH") or 0)
-                if "/_delta_log/" in path or "/metadata/" in path:
-                    counts[f"{kind}_meta"] += 1
-                if kind == "PUT" and environ.get("HTTP_IF_NONE_MATCH"):
-                    counts["PUT_conditional"] += 1
-                if code == "412":
-                    counts["412"] += 1
-                elif code >= "500":
-                    counts["5xx"] += 1
 
 
 def _serve_moto(port_queue: Any) -> None:
