@@ -449,21 +449,31 @@ def write_parquet(frames: Iterable[pl.DataFrame], path: Path, schema: pl.Schema)
     or is interrupted leaves no truncated file under that name (a special file such as
     /dev/stdout is written directly)."""
     rows = 0
+    failure: list[Exception] = []
 
     def batches(*_: object) -> Iterator[pl.DataFrame]:
+        # An error raised inside the source can reach the caller while Polars' writer is
+        # still flushing, so the partial file could reappear after it was removed: end the
+        # stream cleanly instead and raise once the writer has finished.
         nonlocal rows
-        for frame in frames:
-            rows += frame.height
-            yield frame
+        try:
+            for frame in frames:
+                rows += frame.height
+                yield frame
+        except Exception as error:
+            failure.append(error)
 
     source = register_io_source(io_source=batches, schema=schema)
     if path.exists() and not path.is_file():
         source.sink_parquet(path, compression="zstd")
-        return rows
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        source.sink_parquet(partial, compression="zstd")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    else:
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            source.sink_parquet(partial, compression="zstd")
+            if not failure:
+                partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+    if failure:
+        raise failure[0]
     return rows
