@@ -31,8 +31,6 @@ MAX_DEPTH = 64  # nesting levels of arrays and objects; a payload needs 4
 INT64 = (-(2**63), 2**63 - 1)  # a status level is stored as a 64-bit integer
 FLOAT_MAX = 1.7976931348623157e308
 
-Scalar = Union[int, float, str, bool, None]  # noqa: UP007 - msgspec needs a runtime Union
-
 
 # Numbers the columns can hold; the typed decoder refuses others (in C), sending the payload to
 # the careful route, which skips just those values with a reason.

@@ -46,10 +46,6 @@ class ObjectStore(Protocol):
         """Store a (possibly large) local file under `key`, replacing what was there."""
         ...
 
-    def get_file(self, key: str, path: Path) -> bool:
-        """Copy `key` to the local `path`; False when there is no such object."""
-        ...
-
     def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         """Keys under `prefix`, in lexical order; only those after `start_after`, if given
         (S3's StartAfter: a listing that starts there costs what lies after it)."""
@@ -144,13 +140,6 @@ class LocalStore:
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)
 
-    def get_file(self, key: str, path: Path) -> bool:
-        source = self._path(key)
-        if not source.is_file():
-            return False
-        shutil.copyfile(source, path)
-        return True
-
     def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         folder = self.root / prefix.rpartition("/")[0]  # the folder the prefix's keys are in
         if not folder.is_dir():
@@ -238,15 +227,6 @@ class S3Store:
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))  # multipart when large
-
-    def get_file(self, key: str, path: Path) -> bool:
-        try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                return False
-            raise
-        return True
 
     def list_keys(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         strip = len(self._key(""))

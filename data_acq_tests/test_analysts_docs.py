@@ -74,7 +74,7 @@ def test_the_s3_example_runs_against_s3(moto_s3: MotoS3, tmp_path: Path) -> None
     store = S3Store(client, "analysts", "prefix")
     _fill(store)
     copy = tmp_path / "warehouse.duckdb"
-    assert store.get_file("warehouse.duckdb", copy)
+    copy.write_bytes(store.get("warehouse.duckdb"))
     (block,) = _blocks(_section("S3"), "sql")
     *setup, query = _statements(block)
     assert any("create secret" in s for s in setup)  # connect() makes the session's secret

@@ -93,10 +93,6 @@ class Tables:
     accepted: int
     payloads: pl.DataFrame = field(default_factory=PAYLOADS_SCHEMA.to_frame)  # when asked for
 
-    @property
-    def rejected_payloads(self) -> int:
-        return self.messages - self.accepted
-
 
 class _Columns:
     """Flat column buffers for one chunk.

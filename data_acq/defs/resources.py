@@ -1,7 +1,6 @@
 """Resources shared by every job that talks to the broker."""
 
 from pathlib import Path
-from typing import Any
 
 from dagster import Config, ConfigurableResource, EnvVar, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
@@ -137,11 +136,6 @@ class PipelineQueue(ConfigurableResource):
     """The SQS queue the pipeline-format documents go to (PIPELINE_SQS_QUEUE_URL); unset: none."""
 
     queue_url: str | None = None
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("sqs")
 
 
 def build_storage(storage: str) -> Storage:
