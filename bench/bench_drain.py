@@ -71,6 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peak_memory import vm_hwm_bytes
+
 CONTENDERS = ("mosquitto_sub", "drain-local", "drain-s3", "drain-parallel", "paho-bare")
 DEFAULT_CONTENDERS = ("mosquitto_sub", "drain-local", "drain-s3", "drain-parallel")
 DRAIN_CONTENDERS = ("drain-local", "drain-s3", "drain-parallel")  # judged against the targets
@@ -96,18 +98,6 @@ MIB = 1024 * 1024
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def vm_hwm_bytes(pid: int | str = "self") -> int | None:
-    """The process's own peak RSS (VmHWM), or None once it has exited."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return None
 
 
 def cpu_seconds(pid: int) -> float:

@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from duckdb_anchor import readings_sql
+
 CONTENDERS = ("project", "duckdb", "duckdb_from_json", "python")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 RECEIVED_AT = datetime(2024, 10, 13, tzinfo=UTC)  # fixed: the input is the same on every run
@@ -82,33 +84,6 @@ copy (
     where not starts_with(field, '_') and ty <> 'NULL' and vid is not null
 ) to '{output}' (format parquet, compression zstd)
 """
-
-# DuckDB's fastest route found: one typed `from_json` per payload (readings as MAPs of JSON
-# values), then `unnest(map_entries(...))`; value types from `json_type` of each value
-DUCKDB_FROM_JSON_SQL = """
-copy (
-    with src as (
-        select split_part(topic, '/', 2) as site,
-            from_json(payload, '{{"t": "BIGINT", "r": "MAP(VARCHAR, JSON)[]"}}') as p
-        from read_ndjson('{input}', columns = {{topic: 'VARCHAR', payload: 'JSON'}})
-    ),
-    rd as (
-        select site, to_timestamp(p.t) as time, unnest(p.r) as r from src
-    ),
-    kv as (
-        select site, time, r['_vid'] ->> '$' as vid, r['_d'] ->> '$' as device,
-            unnest(map_entries(r)) as e
-        from rd
-    )
-    select site, time, vid, device, e.key as field,
-        case when json_type(e.value) in ('BIGINT', 'UBIGINT', 'DOUBLE')
-            then try_cast(e.value as double) end as value,
-        case when json_type(e.value) in ('VARCHAR', 'BOOLEAN') then e.value ->> '$' end as value_text
-    from kv
-    where not starts_with(e.key, '_') and json_type(e.value) <> 'NULL' and vid is not null
-) to '{output}' (format parquet, compression zstd)
-"""
-
 
 # ---------------------------------------------------------------------------------------------
 # The contenders (each runs in a child process; returns the number of rows written)
@@ -154,7 +129,7 @@ def run_duckdb_from_json(input_path: Path, output_path: Path) -> int:
 
     con = duckdb.connect()
     con.execute("set enable_progress_bar = false")
-    sql = DUCKDB_FROM_JSON_SQL.format(input=input_path.as_posix(), output=output_path.as_posix())
+    sql = readings_sql(input_path.as_posix(), output_path.as_posix())
     con.execute(sql)
     row = con.execute(f"select count(*) from read_parquet('{output_path.as_posix()}')").fetchone()
     con.close()

@@ -51,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from peak_memory import vm_hwm_bytes
+
 OUT_DIR = Path(__file__).resolve().parent / "out" / "live"
 DAY = datetime(2024, 10, 12, tzinfo=UTC)
 CHECKPOINTS_H = (1, 6, 12, 23)
@@ -65,13 +67,6 @@ MODEL_SITES = (300, 10_000, 100_000)
 # us-east-1 list prices: S3 Standard requests, per 1,000
 PRICE_PER_1000 = {"PUT": 0.005, "LIST": 0.005, "GET": 0.0004, "DELETE": 0.0}
 REFRESHES_PER_MONTH = 30 * 24 * 60  # at the default 60 s interval
-
-
-def vm_hwm_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def child(root: Path, mode: str, buckets: int) -> dict[str, Any]:

@@ -33,41 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from duckdb_anchor import readings_sql
+from peak_memory import vm_hwm_bytes
+
 OUT_DIR = Path(__file__).resolve().parent / "out" / "process"
 RECEIVED_AT = datetime(2024, 10, 13, 1, tzinfo=UTC)
 PER_OBJECT = 5_000  # messages per raw object, as a drain batch
 MEMORY_TARGET_BYTES = 2 * 1024**3
 MIB = 1024 * 1024
-
-DUCKDB_SQL = """
-copy (
-    with src as (
-        select split_part(topic, '/', 2) as site,
-            try(from_json(payload, '{{"t": "BIGINT", "r": "MAP(VARCHAR, JSON)[]"}}')) as p
-        from read_ndjson('{raw}/**/*.ndjson.gz', columns = {{topic: 'VARCHAR', payload: 'JSON'}})
-    ),
-    rd as (select site, to_timestamp(p.t) as time, unnest(p.r) as r from src where p.t is not null),
-    kv as (
-        select site, time, r['_vid'] ->> '$' as vid, r['_d'] ->> '$' as device,
-            unnest(map_entries(r)) as e
-        from rd
-    )
-    select site, time, vid, device, e.key as field,
-        case when json_type(e.value) in ('BIGINT', 'UBIGINT', 'DOUBLE')
-            then try_cast(e.value as double) end as value,
-        case when json_type(e.value) in ('VARCHAR', 'BOOLEAN') then e.value ->> '$' end as value_text
-    from kv
-    where not starts_with(e.key, '_') and json_type(e.value) <> 'NULL' and vid is not null
-) to '{output}' (format parquet, compression zstd)
-"""
-
-
-def vm_hwm_bytes() -> int:
-    """This process's own peak RSS."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def generate(root: Path, sites: int, hours: float, seed: int) -> dict[str, Any]:
@@ -140,7 +113,11 @@ def child_duckdb(root: Path) -> dict[str, Any]:
     output = root.parent / "duckdb-readings.parquet"
     started = time.perf_counter()
     con = duckdb.connect()
-    con.execute(DUCKDB_SQL.format(raw=(root / "raw").as_posix(), output=output.as_posix()))
+    con.execute(
+        readings_sql(
+            f"{(root / 'raw').as_posix()}/**/*.ndjson.gz", output.as_posix(), skip_bad=True
+        )
+    )
     elapsed = time.perf_counter() - started
     rows = con.execute(f"select count(*) from read_parquet('{output.as_posix()}')").fetchone()
     return {"flatten_s": elapsed, "rows": rows[0] if rows else 0, "peak_rss": vm_hwm_bytes()}
