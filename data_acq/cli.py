@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
@@ -183,7 +182,7 @@ def cmd_transform(args: argparse.Namespace) -> None:
                     sources = _worker_sources(name, stream, bars)
                     for tables in iter_flatten_parallel(sources, args.workers):
                         _count_tables(tables, name, counts)
-                        yield tables.readings if args.to == "readings" else tables.status
+                        yield tables.readings if args.to == "readings" else tables.device_status
 
             try:
                 rows = write_parquet(frames(), Path(args.output), schema)
@@ -286,7 +285,7 @@ def cmd_drain(args: argparse.Namespace) -> None:
     sub = (
         settings.subscription(args.subscription) if args.subscription else settings.subscriptions[0]
     )
-    broker = replace(settings.broker, topics=sub.topics, client_id=sub.client_id)
+    broker = settings.broker.for_subscription(sub)
     store = open_store(settings.storage)
     limits = DrainLimits(max_seconds=args.max_seconds, idle_exit_s=args.idle_exit)
     log.info(
@@ -308,12 +307,8 @@ def cmd_drain(args: argparse.Namespace) -> None:
             drain.stop.set()
             ticking.join()
     print(json.dumps(stats.to_metadata()), file=sys.stderr)
-    if stats.disconnected_share > limits.max_disconnected_share:
-        raise CommandError(
-            f"the broker at {broker.address} was unreachable for {stats.disconnected_s:.0f} of "
-            f"{stats.window_s:.0f} s ({stats.connection_losses} connection losses); "
-            f"{stats.stored} messages stored"
-        )
+    if summary := stats.unreachable(broker.address, limits.max_disconnected_share):
+        raise CommandError(summary)
     if stats.unacknowledged:
         raise CommandError(
             f"{stats.unacknowledged} stored messages could not be acknowledged (the connection "

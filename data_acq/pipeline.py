@@ -73,7 +73,7 @@ def refresh(
         sent = send_new_documents(store, day, bucket, result.hours, sqs_client(), queue_url)
         result.sent_to_queue = sent.sent
         if sent.refused:
-            log.warning("%s: SQS refused %d documents (too large)", result.partition, sent.refused)
+            log.warning("%s: SQS refused %d documents (too large)", result.unit, sent.refused)
 
     return refresh_unit(
         store,
@@ -125,7 +125,7 @@ def refresh_units(
 
 
 def _report(progress: Progress | None, result: UnitResult, number: int, total: int) -> None:
-    log.debug("refreshed %s: hours %s", result.partition, result.hours)
+    log.debug("refreshed %s: hours %s", result.unit, result.hours)
     if progress:
         progress("units refreshed", number, total, "units")
 

@@ -57,6 +57,10 @@ class BrokerSettings:
         """
         return replace(self, client_id=f"{self.client_id}-{role}-{os.getpid()}")
 
+    def for_subscription(self, subscription: Subscription) -> BrokerSettings:
+        """The same broker for one drain: its topics, its persistent session."""
+        return replace(self, topics=subscription.topics, client_id=subscription.client_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Subscription:

@@ -7,6 +7,7 @@ put (`If-None-Match: *`).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -61,8 +62,20 @@ class ObjectStore(Protocol):
         ...
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once, at import: temporary files are private, objects are not
+@functools.cache
+def _object_mode() -> int:
+    """The mode a new file gets under the process's umask: objects are written through private
+    temporary files (mkstemp), then given this. Read from /proc where it can be, since the
+    only portable way, os.umask, changes the umask for a moment in every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 class LocalStore:
@@ -99,7 +112,7 @@ class LocalStore:
                 if attempt == 2:
                     raise
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; others may read it
+            os.fchmod(fd, _object_mode())  # mkstemp makes it owner-only; others may read it
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 if durable:
@@ -135,7 +148,7 @@ class LocalStore:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, _object_mode())
         os.close(fd)
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DefaultSensorStatus, Definitions
+from dagster import DagsterInstance, DefaultSensorStatus, Definitions, MultiPartitionsDefinition
 
+from data_acq.definitions import build_defs
 from data_acq.defs.jobs import broker_check
 from data_acq.defs.resources import build_resources
 from data_acq.defs.sensors import build_drain_sensor, build_live_sensor
@@ -19,8 +23,58 @@ from data_acq_tests.conftest import MQTT_PASSWORD, MQTT_USER, SecureBroker
 def test_definitions_load_and_validate() -> None:
     from data_acq.definitions import defs
 
-    Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def("broker_check").name == "broker_check"
+    loaded = defs()
+    Definitions.validate_loadable(loaded)
+    assert loaded.resolve_job_def("broker_check").name == "broker_check"
+
+
+def test_definitions_are_built_from_an_explicit_settings_object() -> None:
+    settings = Settings.from_env(
+        {
+            "DATA_ACQ_BUCKETS": "4",
+            "DATA_ACQ_START_DATE": "2025-01-01",
+            "DATA_ACQ_LIVE_WINDOW": "120",
+        }
+    )
+    built = build_defs(settings)
+    Definitions.validate_loadable(built)
+    units = built.get_assets_def("readings").partitions_def
+    assert isinstance(units, MultiPartitionsDefinition)
+    assert units.get_partitions_def_for_dimension("bucket").get_partition_keys() == [
+        "00",
+        "01",
+        "02",
+        "03",
+    ]
+    assert units.get_partitions_def_for_dimension("date").get_first_partition_key() == "2025-01-01"
+    assert built.resolve_job_def("live_processing").tags["dagster/max_runtime"] == str(
+        120 + 90 + 1800
+    )
+
+
+def test_importing_the_definitions_reads_no_environment() -> None:
+    """Every module under data_acq/defs/ and data_acq.definitions import with a bad variable
+    set (and with deprecation warnings as errors); only building the definitions refuses it,
+    in one line."""
+    script = (
+        "import importlib, pkgutil, data_acq.defs as package\n"
+        "for module in pkgutil.iter_modules(package.__path__):\n"
+        "    importlib.import_module(f'data_acq.defs.{module.name}')\n"
+        "from data_acq.definitions import defs\n"
+        "print('imported')\n"
+        "defs()\n"
+    )
+    env = {**os.environ, "DATA_ACQ_BUCKETS": "abc"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout == "imported\n"
+    assert result.returncode != 0
+    assert "SettingsError: DATA_ACQ_BUCKETS must be a whole number" in result.stderr
 
 
 def test_broker_check_job_runs_against_tls_broker(

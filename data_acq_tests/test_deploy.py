@@ -47,14 +47,13 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from data_acq.defs.acquisition import raw_messages
-from data_acq.defs.jobs import PROCESSING_TASK, broker_check, drain_job, stage_job
-from data_acq.defs.processing import staged_raw, warehouse
+from data_acq.defs.jobs import PROCESSING_TASK, broker_check, stage_job
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
 from data_acq.defs.windows import KIND_TAG, SUBSCRIPTION_TAG, WORKER_TAG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import SettingsError
 from data_acq_tests.conftest import MotoS3
+from data_acq_tests.dagster_parts import drain_job, raw_messages, staged_raw, warehouse
 from data_acq_tests.drain_helpers import publish_in_background, unique_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +207,7 @@ def _add_run(
     partition those of the job's partitions definition (`dagster/partition` ...)."""
     from data_acq.definitions import defs
 
-    job = defs.resolve_job_def(job_name)
+    job = defs().resolve_job_def(job_name)
     partition = tags.pop("partition", None)
     run_tags = {
         **job.run_tags,
@@ -619,7 +618,7 @@ def test_run_monitoring_fails_dead_runs_which_are_retried_and_alarmed(
         with WorkspaceProcessContext(instance, target) as workspace:
             location = workspace.create_request_context().get_code_location("data_acq")
             remote_drain = location.get_repository("__repository__").get_full_job("drain")
-        drain = defs.resolve_job_def("drain")
+        drain = defs().resolve_job_def("drain")
 
         with daemon_log.open("wb") as log:
             processes.append(

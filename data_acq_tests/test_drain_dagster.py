@@ -27,14 +27,14 @@ from dagster._core.utils import make_new_run_id
 
 from data_acq.acquire.raw import raw_keys
 from data_acq.backoff import failure_backoff_s
-from data_acq.defs.acquisition import raw_messages
-from data_acq.defs.jobs import drain_job, purge_old_runs
+from data_acq.defs.jobs import purge_old_runs
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker, SubscriptionSpec
 from data_acq.defs.sensors import build_drain_sensor
 from data_acq.defs.windows import SUBSCRIPTION_TAG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import Settings, Subscription
 from data_acq.storage import LocalStore
+from data_acq_tests.dagster_parts import drain_job, raw_messages
 from data_acq_tests.drain_helpers import missing, publish_in_background, unique_messages
 
 MAIN = Subscription("main", ("a/+/u/data",), "drain-main")

@@ -61,7 +61,7 @@ def test_contract_example_flattens_to_every_field() -> None:
     assert readings["time"].unique().to_list() == [datetime(2024, 10, 12, 12, 3, tzinfo=UTC)]
     row = readings.filter(pl.col("device") == "power_meter", pl.col("field") == "E_exported")
     assert row.select("vid", "value", "value_text").row(0) == ("power-meter", 1540509000.0, None)
-    assert tables.status.height == 0 and tables.rejects.height == 0
+    assert tables.device_status.height == 0 and tables.rejects.height == 0
 
 
 def test_simulated_batch_counts_match_an_independent_count() -> None:
@@ -69,8 +69,8 @@ def test_simulated_batch_counts_match_an_independent_count() -> None:
     readings, status, orphans = _expected_counts(messages)
     tables = flatten(messages, chunk_size=500)  # several chunks
     assert tables.readings.height == readings
-    assert tables.status.height == status > 0
-    assert tables.status.schema == STATUS_SCHEMA
+    assert tables.device_status.height == status > 0
+    assert tables.device_status.schema == STATUS_SCHEMA
     skipped = tables.rejects.filter(pl.col("time").is_not_null())
     assert skipped.height == orphans > 0
     rejected = tables.rejects.filter(pl.col("time").is_null())
@@ -151,8 +151,8 @@ def test_pipeline_documents_and_receive_times_ride_along() -> None:
         encode_record("a/b827eb2bb2a9/u/data", b"{oops", received),
     ]
     tables = flatten(read_records(lines), pipeline=True)
-    assert tables.payloads.height == 1
-    row = tables.payloads.row(0, named=True)
+    assert tables.pipeline_payloads.height == 1
+    row = tables.pipeline_payloads.row(0, named=True)
     assert row["site"] == "b827eb2bb2a9" and row["received_at"] == received
     assert json.loads(row["document"]) == to_pipeline(parse_payload(example))  # type: ignore[arg-type]
     assert '"P_total":14400,' in row["document"] and '"freq":499.0,' in row["document"]
@@ -175,10 +175,10 @@ def test_worker_processes_give_the_tables_one_process_gives() -> None:
     serial = [flatten(source(), pipeline=True) for source in sources]
     assert len(parallel) == len(serial) == len(chunks) > 2
     for mine, theirs in zip(parallel, serial, strict=True):
-        for name in ("readings", "status", "rejects", "payloads"):
+        for name in ("readings", "device_status", "rejects", "pipeline_payloads"):
             assert getattr(mine, name).equals(getattr(theirs, name)), name
         assert (mine.messages, mine.accepted) == (theirs.messages, theirs.accepted)
-    assert sum(t.status.height for t in parallel) > 0
+    assert sum(t.device_status.height for t in parallel) > 0
     assert sum(t.rejects.height for t in parallel) > 1
 
 

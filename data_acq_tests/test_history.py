@@ -208,9 +208,13 @@ def test_compact_command_and_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     tables.replace("readings", hour, DAY, 0, [21])
     with instance_for_test() as instance:
-        run = defs.resolve_job_def("compact_tables").execute_in_process(
-            instance=instance,
-            resources={"storage": _storage(store)},
+        run = (
+            defs()
+            .resolve_job_def("compact_tables")
+            .execute_in_process(
+                instance=instance,
+                resources={"storage": _storage(store)},
+            )
         )
         assert run.success
         observed = [

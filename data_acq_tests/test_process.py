@@ -204,9 +204,7 @@ def test_the_same_pipeline_on_s3_with_views_read_through_httpfs(
     for store in (s3, local):
         _put_raw(store, messages, received)
     on_s3, on_disk = process(s3), process(local)
-    assert [(u.partition, u.rows) for u in on_s3.units] == [
-        (u.partition, u.rows) for u in on_disk.units
-    ]
+    assert [(u.unit, u.rows) for u in on_s3.units] == [(u.unit, u.rows) for u in on_disk.units]
     for table in ("energy_daily", "readings"):  # the same Delta tables, read from S3
         from_s3, from_disk = (
             CuratedTables(store).read(table, date(2024, 10, 12)) for store in (s3, local)

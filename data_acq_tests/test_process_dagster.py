@@ -37,10 +37,8 @@ from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.staging import stage
 from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import pending_units
-from data_acq.defs.acquisition import raw_messages
-from data_acq.defs.jobs import charts_job, curate_job, live_job, stage_job
-from data_acq.defs.partitions import settings
-from data_acq.defs.processing import CURATED_ASSETS, curated, daily_charts, staged_raw, warehouse
+from data_acq.defs.jobs import charts_job, curate_job, stage_job
+from data_acq.defs.processing import CURATED_ASSETS
 from data_acq.defs.resources import (
     CACertificate,
     LocalStorage,
@@ -56,6 +54,15 @@ from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.sites import bucket_of
 from data_acq.storage import LocalStore, ObjectStore
+from data_acq_tests.dagster_parts import (
+    SETTINGS,
+    curated,
+    daily_charts,
+    live_job,
+    raw_messages,
+    staged_raw,
+    warehouse,
+)
 
 
 def _put_raw(store: LocalStore, spec: SimulationSpec, received: datetime) -> None:
@@ -356,7 +363,7 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
             key = MultiPartitionKey(
                 {
                     "date": day.date().isoformat(),
-                    "bucket": f"{bucket_of(site, settings.buckets):02d}",
+                    "bucket": f"{bucket_of(site, SETTINGS.buckets):02d}",
                 }
             )
             run = defs.resolve_job_def("curate_unit").execute_in_process(
@@ -375,7 +382,7 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
         }
         # readings filed under another hour than their time's: a copy no refresh replaces
         tables = CuratedTables(store)
-        bucket = bucket_of("bad", settings.buckets)
+        bucket = bucket_of("bad", SETTINGS.buckets)
         misfiled = tables.read("readings", bad_day.date(), bucket, hour=12)
         assert misfiled.height > 0
         tables.replace("readings", misfiled, bad_day.date(), bucket, [20])

@@ -96,8 +96,8 @@ def test_flattening_takes_every_batch(batch: list[tuple[str, bytes]]) -> None:
     whole = tables.rejects.filter(tables.rejects["time"].is_null())
     assert tables.accepted + whole.height == len(batch)  # used, or rejected with a reason
     assert (tables.rejects["reason"].str.len_chars() > 0).all()
-    assert tables.payloads.height == tables.accepted
-    for document in tables.payloads["document"]:
+    assert tables.pipeline_payloads.height == tables.accepted
+    for document in tables.pipeline_payloads["document"]:
         assert set(json.loads(document)) == {"time", "data"}
 
 

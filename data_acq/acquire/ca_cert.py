@@ -300,15 +300,35 @@ def local_ca_cert(path: Path, sha256: str | None = None) -> Path:
     return path
 
 
-def resolve_ca(settings: Settings) -> Path | None:
-    """The CA file for the configured broker: CA_CERT_FILE, else CA_CERT_URL (cached), else None."""
-    broker = settings.broker
-    if broker.ca_cert_file:
-        return local_ca_cert(Path(broker.ca_cert_file), broker.ca_cert_sha256)
-    if broker.ca_cert_url:
+def ca_file(
+    file: str | None,
+    url: str | None,
+    sha256: str | None,
+    cache_dir: Path,
+    *,
+    timeout: float = READ_TIMEOUT_S,
+    retries: int = 3,
+    deadline: float = DOWNLOAD_DEADLINE_S,
+) -> Path | None:
+    """The broker's CA file: `file` (CA_CERT_FILE), else `url` (CA_CERT_URL, cached under
+    `cache_dir`), else None (the system CAs, or no TLS)."""
+    if file:
+        return local_ca_cert(Path(file), sha256)
+    if url:
         return download_ca_cert(
-            broker.ca_cert_url,
-            cache_path(settings.cache_dir, broker.ca_cert_url),
-            sha256=broker.ca_cert_sha256,
+            url,
+            cache_path(cache_dir, url),
+            timeout,
+            retries,
+            deadline=deadline,
+            sha256=sha256,
         )
     return None
+
+
+def resolve_ca(settings: Settings) -> Path | None:
+    """The CA file for the configured broker (the command line's; Dagster's is a resource)."""
+    broker = settings.broker
+    return ca_file(
+        broker.ca_cert_file, broker.ca_cert_url, broker.ca_cert_sha256, settings.cache_dir
+    )

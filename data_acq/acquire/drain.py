@@ -93,6 +93,17 @@ class DrainStats:
     def disconnected_share(self) -> float:
         return self.disconnected_s / self.window_s if self.window_s else 0.0
 
+    def unreachable(self, address: str, max_share: float) -> str | None:
+        """Why the window did not drain, when the broker was away for more than `max_share`
+        of it (what was stored is stored; the broker keeps the rest for the next window)."""
+        if self.disconnected_share <= max_share:
+            return None
+        return (
+            f"the broker at {address} was unreachable for {self.disconnected_s:.0f} of "
+            f"{self.window_s:.0f} s of the window ({self.connection_losses} connection losses); "
+            f"{self.stored} messages stored"
+        )
+
     def to_metadata(self) -> dict[str, object]:
         return {
             "messages": self.messages,

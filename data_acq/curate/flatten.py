@@ -87,11 +87,11 @@ class Tables:
     """The tidy tables of one batch, and how many payloads it held and accepted."""
 
     readings: pl.DataFrame
-    status: pl.DataFrame
+    device_status: pl.DataFrame
     rejects: pl.DataFrame
     messages: int
     accepted: int
-    payloads: pl.DataFrame = field(default_factory=PAYLOADS_SCHEMA.to_frame)  # when asked for
+    pipeline_payloads: pl.DataFrame = field(default_factory=PAYLOADS_SCHEMA.to_frame)  # if asked
 
 
 class _Columns:
@@ -346,11 +346,11 @@ def flatten(
         )
     return Tables(
         pl.concat([p.readings for p in parts]),
-        pl.concat([p.status for p in parts]),
+        pl.concat([p.device_status for p in parts]),
         pl.concat([p.rejects for p in parts]),
         sum(p.messages for p in parts),
         sum(p.accepted for p in parts),
-        pl.concat([p.payloads for p in parts]),
+        pl.concat([p.pipeline_payloads for p in parts]),
     )
 
 

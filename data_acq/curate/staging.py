@@ -153,8 +153,8 @@ def stage(
         result.rejects += tables.rejects.height
         by_table = {
             "readings": tables.readings,
-            "device_status": tables.status,
-            "pipeline_payloads": tables.payloads,
+            "device_status": tables.device_status,
+            "pipeline_payloads": tables.pipeline_payloads,
             # a payload rejected whole has no measurement time: it goes by its receive time
             "rejects": tables.rejects.with_columns(
                 pl.coalesce("time", "received_at").alias("_when")

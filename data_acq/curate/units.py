@@ -76,8 +76,9 @@ class UnitResult:
     previews: dict[str, pl.DataFrame] = field(default_factory=dict)  # a few rows just written
 
     @property
-    def partition(self) -> str:
-        return f"{self.day.isoformat()}|{self.bucket:02d}"
+    def unit(self) -> str:
+        """The unit as logs name it (Dagster's partition key is defs.partitions.unit_key)."""
+        return f"{self.day.isoformat()} bucket {self.bucket:02d}"
 
     @property
     def sites(self) -> int:

@@ -8,6 +8,7 @@ from typing import Literal
 from dagster import (
     AssetExecutionContext,
     AssetObservation,
+    AssetsDefinition,
     Config,
     Failure,
     FreshnessPolicy,
@@ -21,9 +22,10 @@ from data_acq import layout
 from data_acq.acquire.broker import BrokerError
 from data_acq.acquire.ca_cert import CACertError
 from data_acq.acquire.drain import Drain, DrainError, DrainLimits, DrainStats, DrainWriteError
-from data_acq.defs.partitions import OWNERS, settings
+from data_acq.defs.partitions import OWNERS
 from data_acq.defs.resources import MQTTBroker, Storage
 from data_acq.defs.windows import Slot, take_over
+from data_acq.settings import Settings
 from data_acq.storage import StorageError
 
 PROGRESS_EVERY_S = 30.0
@@ -36,9 +38,10 @@ class DrainConfig(Config):
         description="Name of the subscription (DATA_ACQ_SUBSCRIPTIONS; `main` without it): its "
         "topics and persistent-session client id come from the deployment's settings",
     )
-    max_seconds: float = Field(
-        default=settings.drain_window_s,
-        description="Length of the drain window (DATA_ACQ_DRAIN_WINDOW)",
+    max_seconds: float | None = Field(
+        default=None,
+        description="Length of the drain window; without it the deployment's "
+        "(DATA_ACQ_DRAIN_WINDOW)",
         gt=0,
     )
     idle_exit_s: float | None = Field(
@@ -60,25 +63,41 @@ class DrainConfig(Config):
     )
 
 
-@asset(
-    group_name="acquisition",
-    kinds={"mqtt", "ndjson"},
-    owners=OWNERS,
-    output_required=False,
-    freshness_policy=FreshnessPolicy.time_window(
-        fail_window=timedelta(minutes=settings.raw_freshness_minutes),
-        warn_window=timedelta(minutes=settings.raw_freshness_minutes / 2),
-    ),
-    description=(
-        "Raw MQTT messages, exactly as received, with topic and receive time: gzip NDJSON objects "
-        "under <storage>/raw/date=YYYY-MM-DD/hour=HH/, written once and never changed. Each drain "
-        "window that stored messages is a materialization (one that stored none is an "
-        "observation), so the freshness policy turns red when no data arrived for "
-        "DATA_ACQ_RAW_FRESHNESS_MINUTES; the drain sensor keeps one drain per subscription."
-    ),
-)
-def raw_messages(
-    context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
+def build_raw_messages(settings: Settings) -> AssetsDefinition:
+    """The asset for one deployment: its freshness policy, drain window and hand-over."""
+
+    @asset(
+        group_name="acquisition",
+        kinds={"mqtt", "ndjson"},
+        owners=OWNERS,
+        output_required=False,
+        freshness_policy=FreshnessPolicy.time_window(
+            fail_window=timedelta(minutes=settings.raw_freshness_minutes),
+            warn_window=timedelta(minutes=settings.raw_freshness_minutes / 2),
+        ),
+        description=(
+            "Raw MQTT messages, exactly as received, with topic and receive time: gzip NDJSON "
+            "objects under <storage>/raw/date=YYYY-MM-DD/hour=HH/, written once and never "
+            "changed. Each drain window that stored messages is a materialization (one that "
+            "stored none is an observation), so the freshness policy turns red when no data "
+            "arrived for DATA_ACQ_RAW_FRESHNESS_MINUTES; the drain sensor keeps one drain per "
+            "subscription."
+        ),
+    )
+    def raw_messages(
+        context: AssetExecutionContext, config: DrainConfig, mqtt: MQTTBroker, storage: Storage
+    ) -> Iterator[MaterializeResult | AssetObservation]:
+        yield from drain_window(context, config, mqtt, storage, settings)
+
+    return raw_messages
+
+
+def drain_window(
+    context: AssetExecutionContext,
+    config: DrainConfig,
+    mqtt: MQTTBroker,
+    storage: Storage,
+    settings: Settings,
 ) -> Iterator[MaterializeResult | AssetObservation]:
     broker = mqtt.subscription_settings(config.subscription)
     store = storage.store()
@@ -90,7 +109,7 @@ def raw_messages(
         context.log.info,
     )
     limits = DrainLimits(
-        max_seconds=config.max_seconds,
+        max_seconds=config.max_seconds or settings.drain_window_s,
         idle_exit_s=config.idle_exit_s,
         batch_messages=config.batch_messages,
         max_batch_age_s=config.max_batch_age_s,
@@ -134,12 +153,7 @@ def raw_messages(
     }
     if stats.keys:
         metadata["last_object"] = MetadataValue.path(store.url(stats.keys[-1]))
-    if stats.disconnected_share > limits.max_disconnected_share:
-        summary = (
-            f"the broker at {broker.address} was unreachable for {stats.disconnected_s:.0f} of "
-            f"{stats.window_s:.0f} s of the window ({stats.connection_losses} connection losses); "
-            f"{stats.stored} messages stored"
-        )
+    if summary := stats.unreachable(broker.address, limits.max_disconnected_share):
         if config.when_mostly_disconnected == "fail":
             # what was stored is stored; the broker keeps the rest for the next window
             raise Failure(description=summary, metadata=metadata)

@@ -11,59 +11,62 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     MetadataValue,
+    MultiPartitionsDefinition,
     PreviewWarning,
 )
 
 from data_acq.curate.units import FUTURE_TOLERANCE, UnitResult
-from data_acq.defs.partitions import units
 
 MAX_REJECTED_SHARE = 0.01
 MIN_COMPLETENESS = 0.95
 
-# Partitioned checks are a preview feature of Dagster 1.13, and the one that makes a check result
-# belong to its unit rather than to the asset as a whole: worth it, and said here once.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", PreviewWarning)
-    CHECK_SPECS = [
-        AssetCheckSpec(
-            "rejected_share",
-            asset="rejects",
-            partitions_def=units,
-            description=f"At most {MAX_REJECTED_SHARE:.0%} of the unit's payloads rejected",
-        ),
-        AssetCheckSpec(
-            "duplicates_removed",
-            asset="readings",
-            partitions_def=units,
-            description="No reading twice in the unit's files, read back after writing",
-        ),
-        AssetCheckSpec(
-            "conflicting_readings",
-            asset="readings",
-            partitions_def=units,
-            description="No reading arrived with another value under the key of one received "
-            "before (a logger whose clock jumped back): the first received is kept",
-        ),
-        AssetCheckSpec(
-            "completeness",
-            asset="completeness_daily",
-            partitions_def=units,
-            description=f"Every site delivered at least {MIN_COMPLETENESS:.0%} of its minutes so far",
-        ),
-        AssetCheckSpec(
-            "clock_skew",
-            asset="readings",
-            partitions_def=units,
-            description=f"No payload time is ahead of its receive time by more than "
-            f"{FUTURE_TOLERANCE.seconds // 60} minutes",
-        ),
-        AssetCheckSpec(
-            "sites_reporting",
-            asset="readings",
-            partitions_def=units,
-            description="No site fell silent for more than an hour before the day ended (or now)",
-        ),
-    ]
+
+def check_specs(units: MultiPartitionsDefinition) -> list[AssetCheckSpec]:
+    """The checks of a unit, each in the unit's partition."""
+    # Partitioned checks are a preview feature of Dagster 1.13, and the one that makes a check
+    # result belong to its unit rather than to the asset as a whole: worth it, said here once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        return [
+            AssetCheckSpec(
+                "rejected_share",
+                asset="rejects",
+                partitions_def=units,
+                description=f"At most {MAX_REJECTED_SHARE:.0%} of the unit's payloads rejected",
+            ),
+            AssetCheckSpec(
+                "duplicates_removed",
+                asset="readings",
+                partitions_def=units,
+                description="No reading twice in the unit's files, read back after writing",
+            ),
+            AssetCheckSpec(
+                "conflicting_readings",
+                asset="readings",
+                partitions_def=units,
+                description="No reading arrived with another value under the key of one received "
+                "before (a logger whose clock jumped back): the first received is kept",
+            ),
+            AssetCheckSpec(
+                "completeness",
+                asset="completeness_daily",
+                partitions_def=units,
+                description=f"Every site delivered at least {MIN_COMPLETENESS:.0%} of its minutes so far",
+            ),
+            AssetCheckSpec(
+                "clock_skew",
+                asset="readings",
+                partitions_def=units,
+                description=f"No payload time is ahead of its receive time by more than "
+                f"{FUTURE_TOLERANCE.seconds // 60} minutes",
+            ),
+            AssetCheckSpec(
+                "sites_reporting",
+                asset="readings",
+                partitions_def=units,
+                description="No site fell silent for more than an hour before the day ended (or now)",
+            ),
+        ]
 
 
 def unit_checks(result: UnitResult, now: datetime | None = None) -> Iterator[AssetCheckResult]:

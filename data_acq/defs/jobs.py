@@ -1,11 +1,13 @@
 """Jobs for operators."""
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetObservation,
     Config,
     DagsterRunStatus,
+    JobDefinition,
     OpExecutionContext,
     Output,
     RunsFilter,
@@ -19,13 +21,17 @@ from pydantic import Field
 from data_acq.acquire.broker import connect, make_client
 from data_acq.curate.compaction import RETAIN, upkeep
 from data_acq.curate.tables import CuratedTables
-from data_acq.defs.acquisition import raw_messages
-from data_acq.defs.live import live_window
-from data_acq.defs.partitions import settings
-from data_acq.defs.processing import curated, daily_charts, staged_raw, warehouse
+from data_acq.defs.live import build_live_window
+from data_acq.defs.processing import CURATED_ASSETS
 from data_acq.defs.resources import MQTTBroker, Storage
 from data_acq.defs.windows import DRAIN_JOB, KIND_TAG, LIVE_JOB, OVERRUN_S
 from data_acq.progress import logged
+from data_acq.settings import Settings
+
+if TYPE_CHECKING:  # what define_asset_job returns has no public name
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
 
 # EcsRunLauncher sizes each run's task by these tags: a drain holds a batch or two, a unit's
 # refresh one unit-hour at a time (docs/performance.md)
@@ -59,49 +65,61 @@ def broker_check() -> None:
     connect_to_broker()
 
 
-def max_runtime(window_s: float, overrun_s: float) -> dict[str, str]:
+def max_runtime(window_s: float, handover_s: float, overrun_s: float) -> dict[str, str]:
     """Run monitoring stops a run this long after it started: its window, the wait for its
     predecessor, and a margin for a last flush or refresh."""
-    return {"dagster/max_runtime": str(int(window_s + settings.handover_s + overrun_s))}
+    return {"dagster/max_runtime": str(int(window_s + handover_s + overrun_s))}
 
 
-# Window runs do their work in the run's own process (Dagster's default executor would start a
-# child process for the step): a run whose process is killed then stops working, instead of
-# leaving a child that goes on draining or refreshing beside the run that replaces it.
-drain_job = define_asset_job(
-    DRAIN_JOB,
-    selection=[raw_messages],
-    executor_def=in_process_executor,
-    description=(
-        "One drain window: the subscription's topics into raw storage, acknowledged only once "
-        "stored. Started and restarted by the drain sensor, one run per subscription."
-    ),
-    # where run retries are on (deploy/dagster.yaml), a drain whose task died is retried at once;
-    # the maximum runtime holds for every drain run, whoever launched it
-    tags={
-        KIND_TAG: "drain",
-        "dagster/max_retries": "2",
-        **SMALL_TASK,
-        **max_runtime(settings.drain_window_s, 900),
-    },
-)
+def build_window_jobs(
+    settings: Settings,
+) -> "tuple[UnresolvedAssetJobDefinition, JobDefinition]":
+    """The drain and live jobs, whose runs' limits follow the deployment's windows."""
+    # Window runs do their work in the run's own process (Dagster's default executor would
+    # start a child process for the step): a run whose process is killed then stops working,
+    # instead of leaving a child that goes on draining or refreshing beside the run that
+    # replaces it.
+    drain_job = define_asset_job(
+        DRAIN_JOB,
+        selection=["raw_messages"],
+        executor_def=in_process_executor,
+        description=(
+            "One drain window: the subscription's topics into raw storage, acknowledged only "
+            "once stored. Started and restarted by the drain sensor, one run per subscription."
+        ),
+        # where run retries are on (deploy/dagster.yaml), a drain whose task died is retried
+        # at once; the maximum runtime holds for every drain run, whoever launched it
+        tags={
+            KIND_TAG: "drain",
+            "dagster/max_retries": "2",
+            **SMALL_TASK,
+            **max_runtime(settings.drain_window_s, settings.handover_s, 900),
+        },
+    )
+    live_window = build_live_window(settings)
 
+    @job(
+        name=LIVE_JOB,
+        executor_def=in_process_executor,
+        description="One live window of one worker: stage new raw objects and refresh the "
+        "pending units of the worker's buckets every DATA_ACQ_REFRESH_INTERVAL, for "
+        "DATA_ACQ_LIVE_WINDOW. Kept going by the live sensor, one run per worker (its successor "
+        "overlapping its end).",
+        tags={
+            KIND_TAG: "live",
+            **PROCESSING_TASK,
+            **max_runtime(settings.live_window_s, settings.handover_s, OVERRUN_S),
+        },
+    )
+    def live_job() -> None:
+        live_window()
 
-@job(
-    name=LIVE_JOB,
-    executor_def=in_process_executor,
-    description="One live window of one worker: stage new raw objects and refresh the pending "
-    "units of the worker's buckets every DATA_ACQ_REFRESH_INTERVAL, for DATA_ACQ_LIVE_WINDOW. "
-    "Kept going by the live sensor, one run per worker (its successor overlapping its end).",
-    tags={KIND_TAG: "live", **PROCESSING_TASK, **max_runtime(settings.live_window_s, OVERRUN_S)},
-)
-def live_job() -> None:
-    live_window()
+    return drain_job, live_job
 
 
 stage_job = define_asset_job(
     "stage_raw",
-    selection=[staged_raw, warehouse],
+    selection=["staged_raw", "warehouse"],
     description="Stage the raw objects not staged yet by unit and hour, and keep the warehouse's "
     "views current (live runs do this as they go; this job is for doing it by hand).",
     tags=PROCESSING,
@@ -109,7 +127,7 @@ stage_job = define_asset_job(
 
 curate_job = define_asset_job(
     "curate_unit",
-    selection=[curated],
+    selection=list(CURATED_ASSETS),
     description="Refresh one unit (a measurement date and a bucket of sites): its pending hours, "
     "or all of them when none is pending (a rebuild); the daily tables, the SQS feed, the "
     "checks. For backfills and rebuilds: a backfill of many units fans out, one run each.",
@@ -118,7 +136,7 @@ curate_job = define_asset_job(
 
 charts_job = define_asset_job(
     "draw_charts",
-    selection=[daily_charts],
+    selection=["daily_charts"],
     description="Draw a date's chart per site.",
     tags=PROCESSING,
 )

@@ -8,9 +8,11 @@ from datetime import date
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
+    AssetsDefinition,
     AssetSpec,
     MaterializeResult,
     MetadataValue,
+    MultiPartitionKey,
     asset,
     multi_asset,
 )
@@ -20,12 +22,12 @@ from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.staging import MAX_OBJECTS, StageResult, stage
 from data_acq.curate.units import UnitResult
 from data_acq.curate.warehouse import refresh_warehouse
-from data_acq.defs.acquisition import raw_messages
-from data_acq.defs.checks import CHECK_SPECS, unit_checks
+from data_acq.defs.checks import check_specs, unit_checks
 from data_acq.defs.metadata import curated_schema, preview
-from data_acq.defs.partitions import OWNERS, days, settings, units
+from data_acq.defs.partitions import OWNERS, Partitions, unit_of
 from data_acq.defs.resources import PipelineQueue, Storage
 from data_acq.progress import logged
+from data_acq.settings import Settings
 from data_acq.storage import ObjectStore
 
 CURATED_ASSETS = {
@@ -44,21 +46,48 @@ CURATED_ASSETS = {
 PREVIEW_CHARTS = 3  # charts linked from the metadata; all of them are in the folder
 
 
-@asset(
-    group_name="processing",
-    deps=[raw_messages],
-    kinds={"polars", "parquet"},
-    owners=OWNERS,
-    description="Raw objects not staged yet (found from a cursor, not by listing history), "
-    "flattened and filed by unit and measurement hour under staging/. Each unit it touched is "
-    "left pending; the live workers refresh exactly those. Materialized by live runs as they "
-    "stage, or by the stage_raw job by hand.",
-)
-def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+def build_processing(settings: Settings, partitions: Partitions) -> list[AssetsDefinition]:
+    """The processing assets for one deployment's buckets and partitions."""
+
+    @asset(
+        group_name="processing",
+        deps=["raw_messages"],
+        kinds={"polars", "parquet"},
+        owners=OWNERS,
+        description="Raw objects not staged yet (found from a cursor, not by listing history), "
+        "flattened and filed by unit and measurement hour under staging/. Each unit it touched "
+        "is left pending; the live workers refresh exactly those. Materialized by live runs as "
+        "they stage, or by the stage_raw job by hand.",
+    )
+    def staged_raw(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+        return stage_new(context, storage, settings.buckets)
+
+    curated = multi_asset(
+        name="curated",
+        specs=CURATED_SPECS,
+        partitions_def=partitions.units,
+        check_specs=check_specs(partitions.units),
+    )(curate_unit)
+    daily_charts = asset(
+        name="daily_charts",
+        partitions_def=partitions.days,
+        deps=["readings_15min", "energy_daily"],
+        group_name="processing",
+        kinds={"matplotlib"},
+        owners=OWNERS,
+        description="A daily chart per site (power through the day, counters' gain since "
+        "midnight), PNG under curated/charts/date=D/site=KEY.png (KEY: the site's key, "
+        "docs/analysts.md); drawn after the day ends (and on demand, e.g. after late data); the "
+        "metadata links the first ones (images stay out of Dagster's database).",
+    )(draw_charts)
+    return [staged_raw, curated, warehouse, daily_charts]
+
+
+def stage_new(context: AssetExecutionContext, storage: Storage, buckets: int) -> MaterializeResult:
     store = storage.store()
     keys = new_raw_keys(store, limit=MAX_OBJECTS)  # a backlog takes several runs
     progress = logged(context.log.info)
-    result = stage(store, keys, settings.buckets, progress=progress) if keys else None
+    result = stage(store, keys, buckets, progress=progress) if keys else None
     context.log.info(f"staged {len(keys)} raw objects")
     return MaterializeResult(metadata=staging_metadata(result))
 
@@ -74,31 +103,30 @@ def staging_metadata(result: StageResult | None) -> dict[str, object]:
     }
 
 
-@multi_asset(
-    specs=[
-        AssetSpec(
-            name,
-            description=text,
-            deps=[staged_raw],
-            group_name="processing",
-            kinds={"polars", "deltalake"},
-            owners=OWNERS,
-            metadata={"dagster/column_schema": curated_schema(name)},
-        )
-        for name, text in CURATED_ASSETS.items()
-    ],
-    partitions_def=units,
-    check_specs=CHECK_SPECS,
-)
-def curated(
+CURATED_SPECS = [
+    AssetSpec(
+        name,
+        description=text,
+        deps=["staged_raw"],
+        group_name="processing",
+        kinds={"polars", "deltalake"},
+        owners=OWNERS,
+        metadata={"dagster/column_schema": curated_schema(name)},
+    )
+    for name, text in CURATED_ASSETS.items()
+]
+
+
+def curate_unit(
     context: AssetExecutionContext, storage: Storage, pipeline_queue: PipelineQueue
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """One unit rebuilt (a backfill or a rebuild: every staged hour), its daily tables, its new
     documents sent, and its checks. Live data is refreshed by the live runs instead."""
     # a run launched with only the `dagster/partition` tag has the key as a plain string
-    key = units.get_partition_key_from_str(str(context.partition_key))
-    day = date.fromisoformat(key.keys_by_dimension["date"])
-    bucket = int(key.keys_by_dimension["bucket"])
+    key = context.partition_key
+    if not isinstance(key, MultiPartitionKey):
+        key = context.assets_def.partitions_def.get_partition_key_from_str(key)  # type: ignore[union-attr]
+    day, bucket = unit_of(key)  # type: ignore[arg-type]
     store = storage.store()
     result = pipeline.refresh(
         store,
@@ -156,18 +184,7 @@ def warehouse(context: AssetExecutionContext, storage: Storage) -> Iterator[Mate
     yield MaterializeResult(metadata={"path": MetadataValue.path(location)})
 
 
-@asset(
-    partitions_def=days,
-    deps=["readings_15min", "energy_daily"],
-    group_name="processing",
-    kinds={"matplotlib"},
-    owners=OWNERS,
-    description="A daily chart per site (power through the day, counters' gain since midnight), "
-    "PNG under curated/charts/date=D/site=KEY.png (KEY: the site's key, docs/analysts.md); "
-    "drawn after the day ends (and on demand, e.g. after late data); the metadata links the "
-    "first ones (images stay out of Dagster's database).",
-)
-def daily_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
+def draw_charts(context: AssetExecutionContext, storage: Storage) -> MaterializeResult:
     from data_acq.curate.charts import write_charts  # matplotlib: only the charts' runs need it
 
     store = storage.store()

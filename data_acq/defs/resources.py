@@ -1,20 +1,22 @@
 """Resources shared by every job that talks to the broker."""
 
+import warnings
 from pathlib import Path
 
 from dagster import Config, ConfigurableResource, EnvVar, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from data_acq.acquire.ca_cert import (
-    DOWNLOAD_DEADLINE_S,
-    READ_TIMEOUT_S,
-    cache_path,
-    download_ca_cert,
-    local_ca_cert,
-)
-from data_acq.settings import BrokerSettings, Settings
+from data_acq.acquire.ca_cert import DOWNLOAD_DEADLINE_S, READ_TIMEOUT_S, ca_file
+from data_acq.settings import BrokerSettings, Settings, Subscription
 from data_acq.storage import LocalStore, ObjectStore, S3Store, parse_s3_url
+
+# Dagster 1.13 calls its own deprecated InitResourceContext.dagster_run whenever it initializes a
+# nested resource (MQTTBroker's CA, S3Storage's client): nothing here calls it or can avoid it,
+# and every run would log it. Only that message is silenced.
+warnings.filterwarnings(
+    "ignore", "InitResourceContext.dagster_run is deprecated", DeprecationWarning
+)
 
 
 class CACertificate(ConfigurableResource):
@@ -39,19 +41,15 @@ class CACertificate(ConfigurableResource):
     retries: int = 3
 
     def path(self) -> Path | None:
-        if self.file:
-            return local_ca_cert(Path(self.file), self.sha256)
-        if self.url:
-            dest = cache_path(Path(self.cache_dir), self.url)
-            return download_ca_cert(
-                self.url,
-                dest,
-                self.timeout_s,
-                self.retries,
-                deadline=self.deadline_s,
-                sha256=self.sha256,
-            )
-        return None
+        return ca_file(
+            self.file,
+            self.url,
+            self.sha256,
+            Path(self.cache_dir),
+            timeout=self.timeout_s,
+            retries=self.retries,
+            deadline=self.deadline_s,
+        )
 
 
 class SubscriptionSpec(Config):
@@ -86,19 +84,19 @@ class MQTTBroker(ConfigurableResource):
             known = ", ".join(sorted(self.subscriptions)) or "main"
             raise Failure(f"no subscription named {name!r}; configured: {known}")
         spec = self.subscriptions[name]
-        return self.settings(topics=spec.topics, client_id=spec.client_id)
+        return self.settings().for_subscription(
+            Subscription(name, tuple(spec.topics), spec.client_id)
+        )
 
-    def settings(
-        self, topics: list[str] | None = None, client_id: str | None = None
-    ) -> BrokerSettings:
-        """The connection settings, optionally for one subscription's topics and client id."""
+    def settings(self) -> BrokerSettings:
+        """The connection settings."""
         return BrokerSettings(
             host=self.host,
             port=self.port,
             username=self.username,
             password=self.password,
-            topics=tuple(topics or self.topics),
-            client_id=client_id or self.client_id,
+            topics=tuple(self.topics),
+            client_id=self.client_id,
             protocol=self.protocol,  # type: ignore[arg-type]
             ca_cert_url=self.ca_certificate.url,
             ca_cert_file=self.ca_certificate.file,

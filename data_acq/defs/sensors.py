@@ -10,8 +10,9 @@ from dagster import (
     sensor,
 )
 
-from data_acq.defs.jobs import drain_job, live_job
 from data_acq.defs.windows import (
+    DRAIN_JOB,
+    LIVE_JOB,
     SUBSCRIPTION_TAG,
     WORKER_TAG,
     Slot,
@@ -48,7 +49,7 @@ def build_drain_sensor(
     ]
 
     @sensor(
-        job=drain_job,
+        job_name=DRAIN_JOB,
         minimum_interval_seconds=EVERY_S,
         default_status=_status(running),
         description=(
@@ -60,7 +61,7 @@ def build_drain_sensor(
         ),
     )
     def drain_sensor(context: SensorEvaluationContext) -> SensorResult:
-        return window_requests(context, drain_job.name, specs, handover_s)
+        return window_requests(context, DRAIN_JOB, specs, handover_s)
 
     return drain_sensor
 
@@ -89,7 +90,7 @@ def build_live_sensor(
     ]
 
     @sensor(
-        job=live_job,
+        job_name=LIVE_JOB,
         minimum_interval_seconds=EVERY_S,
         default_status=_status(running),
         description=(
@@ -101,6 +102,6 @@ def build_live_sensor(
         ),
     )
     def live_sensor(context: SensorEvaluationContext) -> SensorResult:
-        return window_requests(context, live_job.name, specs, handover_s)
+        return window_requests(context, LIVE_JOB, specs, handover_s)
 
     return live_sensor
