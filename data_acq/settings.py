@@ -89,6 +89,9 @@ class Settings:
     # a window run's successor is launched this long before the window ends, so that its
     # start-up (a Fargate task: 30-90 s) is never in the data's path
     handover_s: float = 90.0
+    # on ECS, the task definition drain runs use (deploy/cfn.yaml): the only one that gets the
+    # MQTT credentials and may write raw/; other runs use the launcher's own
+    drain_task_definition: str | None = None
 
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
@@ -166,6 +169,7 @@ class Settings:
                 get("DATA_ACQ_LIVE_WINDOW") or "600", "DATA_ACQ_LIVE_WINDOW", 60, 86_400
             ),
             handover_s=_whole(get("DATA_ACQ_HANDOVER") or "90", "DATA_ACQ_HANDOVER", 0, 3_600),
+            drain_task_definition=get("DATA_ACQ_DRAIN_TASK_DEFINITION") or None,
             **({"cache_dir": Path(cache)} if cache else {}),
         )
 

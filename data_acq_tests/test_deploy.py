@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -149,7 +150,7 @@ def test_production_instance_runs_on_postgres(
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
-        assert type(instance.run_launcher).__name__ == "EcsRunLauncher"
+        assert type(instance.run_launcher).__name__ == "GuardedEcsRunLauncher"
         job = Definitions(
             assets=[staged_raw, warehouse],
             jobs=[stage_job],
@@ -441,6 +442,40 @@ def test_production_launcher_sizes_each_job_within_fargate(
             assert sizes[job_name] == processing, job_name  # tags, or run_resources
         for job_name, (cpu, memory) in sizes.items():
             assert memory in fargate_memory[cpu], (job_name, cpu, memory)
+    finally:
+        instance.dispose()
+
+
+def test_production_launcher_refuses_runs_that_change_their_task(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tags that override a run's ECS task (command, roles, task definition) are refused when
+    the daemon launches the run, but for the drain job's own task definition tag."""
+    from dagster._core.launcher import LaunchRunContext
+
+    from data_acq.run_launcher import RefusedRun, refusal
+
+    monkeypatch.setenv("DATA_ACQ_DRAIN_TASK_DEFINITION", "data-acq-drain")
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    drain_task = json.dumps({"taskDefinition": "data-acq-drain"})
+    try:
+        drain = instance.get_run_by_id(_add_run(instance, "drain", DagsterRunStatus.QUEUED))
+        assert drain is not None and drain.tags["ecs/run_task_kwargs"] == drain_task
+        assert refusal(drain.job_name, drain.tags, "data-acq-drain") is None
+        for job_name, tags in [
+            ("curate_unit", {"ecs/run_task_kwargs": drain_task}),  # the drain's credentials
+            ("curate_unit", {"ecs/container_overrides": '{"command": ["sh"]}'}),
+            ("purge_old_runs", {"ecs/task_overrides": '{"taskRoleArn": "arn:other"}'}),
+            ("drain", {"ecs/run_task_kwargs": json.dumps({"taskDefinition": "data-acq-run"})}),
+        ]:
+            run = instance.get_run_by_id(
+                _add_run(instance, job_name, DagsterRunStatus.QUEUED, **tags)
+            )
+            assert run is not None
+            tag = next(iter(tags))
+            with pytest.raises(RefusedRun, match=f"tag {tag} would change its ECS task"):
+                instance.run_launcher.launch_run(LaunchRunContext(run, workspace=None))
     finally:
         instance.dispose()
 
@@ -1070,7 +1105,7 @@ def test_entry_commands_in_a_venv_built_like_the_image(
         try:
             queue = instance.get_concurrency_config().run_queue_config
             assert queue is not None and queue.max_concurrent_runs == 2 * (2 + 2) + 3 + 4
-            assert type(instance.run_launcher).__name__ == "EcsRunLauncher"
+            assert type(instance.run_launcher).__name__ == "GuardedEcsRunLauncher"
         finally:
             instance.dispose()
         # a run's command passes through unchanged (EcsRunLauncher: `dagster api execute_run ...`)

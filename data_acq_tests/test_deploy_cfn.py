@@ -181,9 +181,14 @@ def test_task_definitions(template: dict[str, Any]) -> None:
         assert {"DAGSTER_HOME", "DAGSTER_PG_HOST", "DATA_ACQ_STORAGE", "AWS_REGION"} <= env
         assert "DAGSTER_PG_PASSWORD" in secrets
         assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    drain = by_family["data-acq-drain"]
+    assert drain["ContainerDefinitions"][0]["Name"] == "run"  # the launcher overrides "run"
     assert {"MQTT_USERNAME", "MQTT_PASSWORD"} <= {
-        s["Name"] for s in run["ContainerDefinitions"][0]["Secrets"]
+        s["Name"] for s in drain["ContainerDefinitions"][0]["Secrets"]
     }
+    for family, props in by_family.items():  # the drains' task alone gets the credentials
+        names = {s["Name"] for s in props["ContainerDefinitions"][0]["Secrets"]}
+        assert ("MQTT_PASSWORD" in names) == (family == "data-acq-drain"), family
     commands = {tuple(d["ContainerDefinitions"][0].get("Command", ())) for d in by_family.values()}
     assert {("webserver",), ("daemon",), ("code-server",)} <= commands
 
@@ -279,10 +284,13 @@ def test_launcher_role_may_pass_only_the_run_task_roles(template: dict[str, Any]
     (pass_role,) = [s for s in statements if s["Action"] == "iam:PassRole"]
     assert pass_role["Resource"] == [
         {"Fn::GetAtt": ["ExecutionRole", "Arn"]},
+        {"Fn::GetAtt": ["DrainExecutionRole", "Arn"]},
         {"Fn::GetAtt": ["TaskRole", "Arn"]},
+        {"Fn::GetAtt": ["DrainRole", "Arn"]},
     ]
     (run_task,) = [s for s in statements if s["Action"] == "ecs:RunTask"]
-    assert "task-definition/data-acq-run:*" in run_task["Resource"]["Fn::Sub"]
+    resources = [r["Fn::Sub"] for r in run_task["Resource"]]
+    assert [r.rpartition("/")[2] for r in resources] == ["data-acq-run:*", "data-acq-drain:*"]
 
 
 # --- the web UI's access modes, the broker CA's pin, the alarms ---------------------------------
@@ -804,6 +812,7 @@ def test_processing_settings_reach_every_dagster_container(template: dict[str, A
         "data-acq-daemon",
         "data-acq-code-server",
         "data-acq-run",
+        "data-acq-drain",
     }
     for family, env in environments.items():
         for variable, parameter in PROCESSING_ENV.items():
@@ -976,6 +985,14 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _role_statements(resources: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
+    """Every statement of a role: its managed policies' and its inline ones."""
+    properties = resources[role]["Properties"]
+    managed = [resources[arn["Ref"]] for arn in properties.get("ManagedPolicyArns", [])]
+    inline = [p["PolicyDocument"]["Statement"] for p in properties.get("Policies", [])]
+    return [s for statements in [*map(_statements, managed), *inline] for s in statements]
+
+
 def _object_patterns(statements: list[dict[str, Any]], action: str) -> list[str]:
     """Object key patterns (`data/*`) in the data bucket that the statements allow `action` on."""
     patterns = []
@@ -999,10 +1016,12 @@ def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
     resources = _resources(template)
     role = resources["TaskRole"]["Properties"]
     assert {"Ref": "DataAccessPolicy"} in role["ManagedPolicyArns"]
-    statements = [
-        s for arn in role["ManagedPolicyArns"] for s in _statements(resources[arn["Ref"]])
+    statements = _role_statements(resources, "TaskRole")
+    # raw objects are the drains' (the drain role's), the rest processing's
+    puts = [
+        *_object_patterns(statements, "s3:PutObject"),
+        *_object_patterns(_role_statements(resources, "DrainRole"), "s3:PutObject"),
     ]
-    puts = _object_patterns(statements, "s3:PutObject")
     gets = _object_patterns(statements, "s3:GetObject")
     deletes = _object_patterns(statements, "s3:DeleteObject")
     assert [p for p in deletes if p.startswith("data/")] == [
@@ -1033,6 +1052,59 @@ def test_run_tasks_may_write_the_data_and_delete_only_pending_markers(
     ]
     assert {"StringLike": {"s3:prefix": ["data/*"]}} in conditions
     assert {"Null": {"s3:prefix": "true"}} in conditions
+
+
+def test_drains_and_processing_have_their_own_roles(template: dict[str, Any]) -> None:
+    """Drain runs, processing runs and the code server run under different task roles; only the
+    drains' task and execution roles reach the MQTT secret, only the drains write raw/, and
+    the bucket refuses a raw write without If-None-Match (an overwrite of the archive)."""
+    rendered = _resources(_render(template))
+    tasks = {
+        d["Properties"]["Family"]: d["Properties"]
+        for d in _of_type({"Resources": rendered}, "AWS::ECS::TaskDefinition").values()
+    }
+    roles = {
+        family: (props["TaskRoleArn"]["Fn::GetAtt"][0], props["ExecutionRoleArn"]["Fn::GetAtt"][0])
+        for family, props in tasks.items()
+    }
+    assert roles["data-acq-drain"] == ("DrainRole", "DrainExecutionRole")
+    assert roles["data-acq-run"] == ("TaskRole", "ExecutionRole")
+    assert roles["data-acq-code-server"][0] == "CodeServerRole"
+    assert len({task for task, _ in roles.values()}) == len(roles) - 1  # webserver, daemon share
+
+    def reaches_mqtt_secret(role: str) -> bool:
+        return any(
+            (
+                statement["Effect"] == "Allow"
+                and {"secretsmanager:GetSecretValue", "secretsmanager:*", "*"}
+                & set(_as_list(statement["Action"]))
+                and {"Ref": "MqttSecret"} in _as_list(statement["Resource"])
+            )
+            or (
+                statement["Resource"] == "*"
+                and "secretsmanager:GetSecretValue" in _as_list(statement["Action"])
+            )
+            for statement in _role_statements(rendered, role)
+        )
+
+    for family, (task_role, execution_role) in roles.items():
+        drain = family == "data-acq-drain"
+        assert reaches_mqtt_secret(execution_role) == drain, family
+        assert not reaches_mqtt_secret(task_role), family  # the code never reads it itself
+        writes_raw = any(
+            fnmatch.fnmatchcase("data/raw/date=2024-10-12/hour=07/x.ndjson.gz", pattern)
+            for pattern in _object_patterns(_role_statements(rendered, task_role), "s3:PutObject")
+        )
+        assert writes_raw == drain, family
+
+    (deny,) = [
+        s
+        for s in _statements(rendered["DataBucketPolicy"])
+        if s["Effect"] == "Deny" and "s3:PutObject" in _as_list(s["Action"])
+    ]
+    assert deny["Principal"] == "*"
+    assert deny["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/data/raw/*"}
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}}
 
 
 def test_athena_workgroup_and_analyst_policy(template: dict[str, Any]) -> None:

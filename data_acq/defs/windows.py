@@ -36,6 +36,8 @@ KIND_TAG = "data_acq/kind"
 SUBSCRIPTION_TAG = "data_acq/subscription"
 WORKER_TAG = "data_acq/live_worker"
 DRAIN_JOB = "drain"
+# EcsRunLauncher's tag for RunTask arguments: the drain job names its task definition in it
+RUN_TASK_KWARGS = "ecs/run_task_kwargs"
 LIVE_JOB = "live_processing"
 ACTIVE = [
     DagsterRunStatus.QUEUED,
