@@ -228,6 +228,12 @@ def test_database_is_private_encrypted_and_kept(template: dict[str, Any]) -> Non
     (database,) = _of_type(template, "AWS::RDS::DBInstance").values()
     props = database["Properties"]
     assert props["StorageEncrypted"] is True and props["PubliclyAccessible"] is False
+    assert props["DeletionProtection"] is True
+    assert props["MultiAZ"] == {"Ref": "DatabaseMultiAZ"}
+    window = template["Parameters"]["DatabaseMaintenanceWindow"]
+    assert props["PreferredMaintenanceWindow"] == {"Ref": "DatabaseMaintenanceWindow"}
+    assert re.fullmatch(window["AllowedPattern"], window["Default"])
+    assert not re.fullmatch(window["AllowedPattern"], "sunday 3am")
     assert database["DeletionPolicy"] == "Snapshot"
     assert database["UpdateReplacePolicy"] == "Snapshot"
     assert props.get("ManageMasterUserPassword") is True or _is_dynamic_reference(
@@ -302,6 +308,7 @@ REQUIRED = {
     "PrivateSubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
     "AllowedCidr": "10.8.0.0/16",
     "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/data-acq:1",
+    "MqttBroker": "mqtt.example.org",
     "MqttClientId": "data-acq-test",
     "AlarmEmail": "ops@example.org",
 }
@@ -504,6 +511,23 @@ def test_rules_refuse_an_open_web_ui(template: dict[str, Any]) -> None:
         assert re.fullmatch(pattern, accepted), accepted
     for refused in ("10.8.0.0", "10.8.0.0/33", "203.0.113.7/0", "10.8.0.0/16,0.0.0.0/0"):
         assert not re.fullmatch(pattern, refused), refused
+    for too_wide in ("0.0.0.0/1", "128.0.0.0/1", "10.0.0.0/7"):  # most of the internet
+        assert not re.fullmatch(pattern, too_wide), too_wide
+    assert re.fullmatch(pattern, "10.0.0.0/8")
+
+
+def test_no_default_broker_and_a_downloaded_ca_must_be_pinned(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert "Default" not in parameters["MqttBroker"]  # no staging broker by default
+    assert parameters["CaCertUrl"]["Default"] == ""
+    url = "https://ca.example.org/ca.crt"
+    (refusal,) = _refusals(template, CaCertUrl=url)
+    assert "CaCertSha256" in refusal
+    assert _refusals(template, CaCertUrl=url, CaCertSha256=PIN) == []
+    assert _refusals(template) == []  # no URL: the system CAs, nothing to pin
+    for accepted in ("", url):
+        assert re.fullmatch(parameters["CaCertUrl"]["AllowedPattern"], accepted)
+    assert not re.fullmatch(parameters["CaCertUrl"]["AllowedPattern"], "http://ca.example.org")
 
 
 def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> None:
@@ -523,7 +547,9 @@ def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> 
             for definition in _of_type(rendered, "AWS::ECS::TaskDefinition").values()
         }
 
-    pinned = environments(_render(template, CaCertSha256=PIN))
+    pinned = environments(
+        _render(template, CaCertUrl="https://ca.example.org/ca.crt", CaCertSha256=PIN)
+    )
     assert {"data-acq-code-server", "data-acq-run"} <= set(pinned)
     for family, env in pinned.items():
         if "CA_CERT_URL" in env:  # wherever the CA is fetched, it is checked
@@ -673,9 +699,11 @@ def test_code_server_alarm_watches_its_running_tasks(template: dict[str, Any]) -
         assert alarm["TreatMissingData"] == "breaching"
     code = _alarms(template)["CodeServerUnhealthyAlarm"]
     assert code["DatapointsToAlarm"] < code["EvaluationPeriods"]  # a crash loop's gaps add up
-    # a deployment keeps the running task until its replacement runs: no gap, no alarm
+    # a deployment replaces the task (one code server at a time, never old and new snapshots at
+    # once): its gap, a task's stop and start, stays under the alarm's 3 minutes
     deployment = resources["CodeServerService"]["Properties"]["DeploymentConfiguration"]
-    assert deployment["MinimumHealthyPercent"] == 100
+    assert (deployment["MaximumPercent"], deployment["MinimumHealthyPercent"]) == (100, 0)
+    assert code["DatapointsToAlarm"] >= 3
     health = resources["CodeServerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
     assert health["HealthCheck"]["Command"][:4] == ["CMD", "dagster", "api", "grpc-health-check"]
 
@@ -700,7 +728,9 @@ def test_database_storage_holds_its_retention_and_alarms_before_it_fills(
     retained_gb = DAGSTER_MB_A_DAY * RETENTION_DAYS / 1000  # 9 GB at steady state
     assert allocated >= 4 * retained_gb
     assert ceiling / (DAGSTER_MB_A_DAY / 1000) / 365 >= 5  # years of growth, even unpurged
-    assert database["StorageType"] == "gp3" and database["DBInstanceClass"] == "db.t4g.micro"
+    assert database["StorageType"] == "gp3"
+    assert database["DBInstanceClass"] == {"Ref": "DatabaseInstanceClass"}
+    assert template["Parameters"]["DatabaseInstanceClass"]["Default"] == "db.t4g.micro"
 
     alarm = _alarms(template)["DatabaseStorageLowAlarm"]
     assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/RDS", "FreeStorageSpace")
