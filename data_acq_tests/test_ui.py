@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from data_acq.devtools.simulate import simulate
-from data_acq.devtools.ui import logger_spec, paced, port_in_use
+from data_acq.devtools.ui import logger_spec, paced, port_in_use, processes
 
 START_TIMEOUT_S = 180.0  # dagster dev takes 10-30 s to start on a small machine
 
@@ -87,37 +87,18 @@ def test_port_in_use() -> None:
 # --- the command: start, Ctrl-C, nothing left -------------------------------------------------
 
 
-def _processes() -> dict[int, tuple[str, int, int, str]]:
-    """pid -> (state, parent, session, start time) from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[3]), fields[19])
-    return found
-
-
 def _started_by(root: int) -> set[tuple[int, str]]:
     """(pid, start time) of the processes below `root`, and of the sessions they lead (which
     keeps orphans whose parent has already exited)."""
-    processes = _processes()
+    table = processes() or {}
     mine = {root}
     changed = True
     while changed:
-        sessions = {processes[pid][2] for pid in mine if pid in processes}
-        more = {
-            pid
-            for pid, (_, parent, session, _) in processes.items()
-            if parent in mine or session in sessions
-        }
+        sessions = {table[pid].session for pid in mine if pid in table}
+        more = {pid for pid, p in table.items() if p.parent in mine or p.session in sessions}
         changed = not more <= mine
         mine |= more
-    return {(pid, processes[pid][3]) for pid in mine if pid in processes and pid != root}
+    return {(pid, table[pid].started) for pid in mine if pid in table and pid != root}
 
 
 def _running(pid: int, started: str) -> bool:
@@ -126,8 +107,8 @@ def _running(pid: int, started: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    state = _processes().get(pid)
-    return state is not None and state[3] == started and state[0] not in ("Z", "X")
+    found = (processes() or {}).get(pid)
+    return found is not None and found.started == started and found.state not in ("Z", "X")
 
 
 def _free_port() -> int:

@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -258,24 +259,42 @@ class DagsterDev:
         self.reader.join(timeout=2)
 
 
-def group_members(pgid: int) -> set[int] | None:
-    """The running processes of group `pgid` (None without /proc). Zombies do not count: once
-    their parent has exited they wait for init, which may take its time to reap them."""
+@dataclass(frozen=True, slots=True)
+class ProcessStat:
+    state: str  # R, S, Z ...
+    parent: int
+    group: int
+    session: int
+    started: str  # clock ticks after boot: with the pid, a process's identity
+
+
+def processes() -> dict[int, ProcessStat] | None:
+    """Every process by pid, from /proc/<pid>/stat (None without /proc)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    members = set()
+    found = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
-        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            members.add(int(entry.name))
-    return members
+            continue  # it has just exited
+        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+        found[int(entry.name)] = ProcessStat(
+            fields[0], int(fields[1]), int(fields[2]), int(fields[3]), fields[19]
+        )
+    return found
+
+
+def group_members(pgid: int) -> set[int] | None:
+    """The running processes of group `pgid` (None without /proc). Zombies do not count: once
+    their parent has exited they wait for init, which may take its time to reap them."""
+    table = processes()
+    if table is None:
+        return None
+    return {pid for pid, p in table.items() if p.group == pgid and p.state not in ("Z", "X")}
 
 
 def cancel_leftover_runs(dagster_home: Path) -> int:
