@@ -14,15 +14,7 @@ from dagster import (
 )
 
 from data_acq.defs.acquisition import build_raw_messages
-from data_acq.defs.jobs import (
-    broker_check,
-    build_window_jobs,
-    charts_job,
-    compact_tables,
-    curate_job,
-    purge_old_runs,
-    stage_job,
-)
+from data_acq.defs.jobs import broker_check, build_jobs, purge_old_runs
 from data_acq.defs.partitions import build_partitions
 from data_acq.defs.processing import build_processing
 from data_acq.defs.resources import build_resources
@@ -33,33 +25,22 @@ from data_acq.settings import Settings
 def build_defs(settings: Settings) -> Definitions:
     """Everything Dagster shows for one deployment."""
     partitions = build_partitions(settings.start_date, settings.buckets)
-    drain_job, live_job = build_window_jobs(settings)
+    jobs = build_jobs(settings)
     status = (
         DefaultScheduleStatus.RUNNING if settings.sensors_running else DefaultScheduleStatus.STOPPED
     )
     return Definitions(
         assets=[build_raw_messages(settings), *build_processing(settings, partitions)],
-        jobs=[
-            broker_check,
-            drain_job,
-            live_job,
-            stage_job,
-            curate_job,
-            charts_job,
-            compact_tables,
-            purge_old_runs,
-        ],
+        jobs=[broker_check, *jobs, purge_old_runs],
         schedules=[
             # closed dates compacted (a date closes at 01:00 the next day), old files deleted
-            ScheduleDefinition(
-                job=compact_tables, cron_schedule="20 * * * *", default_status=status
-            ),
+            ScheduleDefinition(job=jobs.compact, cron_schedule="20 * * * *", default_status=status),
             ScheduleDefinition(
                 job=purge_old_runs, cron_schedule="30 3 * * *", default_status=status
             ),
             # yesterday's charts, half an hour after midnight UTC
             build_schedule_from_partitioned_job(
-                charts_job, hour_of_day=0, minute_of_hour=30, default_status=status
+                jobs.charts, hour_of_day=0, minute_of_hour=30, default_status=status
             ),
         ],
         sensors=[

@@ -93,6 +93,11 @@ class Settings:
     # MQTT credentials and may write raw/; other runs use the launcher's own
     drain_task_definition: str | None = None
 
+    @property
+    def on_ecs(self) -> bool:
+        """Whether runs are ECS tasks: the deployment names the drains' task definition."""
+        return self.drain_task_definition is not None
+
     def subscription(self, name: str) -> Subscription:
         for subscription in self.subscriptions:
             if subscription.name == name:

@@ -2,7 +2,7 @@
 builds them (no test depends on the environment it was started in)."""
 
 from data_acq.defs.acquisition import build_raw_messages
-from data_acq.defs.jobs import build_window_jobs
+from data_acq.defs.jobs import build_jobs
 from data_acq.defs.partitions import build_partitions
 from data_acq.defs.processing import build_processing
 from data_acq.settings import Settings
@@ -11,4 +11,4 @@ SETTINGS = Settings.from_env({})
 PARTITIONS = build_partitions(SETTINGS.start_date, SETTINGS.buckets)
 raw_messages = build_raw_messages(SETTINGS)
 staged_raw, curated, warehouse, daily_charts = build_processing(SETTINGS, PARTITIONS)
-drain_job, live_job = build_window_jobs(SETTINGS)
+drain_job, live_job, stage_job, curate_job, charts_job, compact_job = build_jobs(SETTINGS)

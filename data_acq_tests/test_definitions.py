@@ -50,6 +50,13 @@ def test_definitions_are_built_from_an_explicit_settings_object() -> None:
     assert built.resolve_job_def("live_processing").tags["dagster/max_runtime"] == str(
         120 + 90 + 1800
     )
+    # local runs carry no ECS task sizes; where runs are ECS tasks every job has its size
+    jobs = ("drain", "live_processing", "stage_raw", "curate_unit", "draw_charts")
+    for name in (*jobs, "compact_tables"):
+        assert not [t for t in built.resolve_job_def(name).tags if t.startswith("ecs/")], name
+    on_ecs = build_defs(Settings.from_env({"DATA_ACQ_DRAIN_TASK_DEFINITION": "data-acq-drain"}))
+    for name in (*jobs, "compact_tables"):
+        assert {"ecs/cpu", "ecs/memory"} <= set(on_ecs.resolve_job_def(name).tags), name
 
 
 def test_importing_the_definitions_reads_no_environment() -> None:

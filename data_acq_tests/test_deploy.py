@@ -48,13 +48,13 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from data_acq.defs.jobs import PROCESSING_TASK, broker_check, stage_job
+from data_acq.defs.jobs import PROCESSING_TASK, broker_check
 from data_acq.defs.resources import CACertificate, LocalStorage, MQTTBroker
 from data_acq.defs.windows import KIND_TAG, SUBSCRIPTION_TAG, WORKER_TAG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
 from data_acq.settings import SettingsError
 from data_acq_tests.conftest import MotoS3
-from data_acq_tests.dagster_parts import drain_job, raw_messages, staged_raw, warehouse
+from data_acq_tests.dagster_parts import drain_job, raw_messages, stage_job, staged_raw, warehouse
 from data_acq_tests.drain_helpers import publish_in_background, unique_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +133,7 @@ def _production_home(
         "DAGSTER_PG_PASSWORD": "trust-auth-ignores-it",
         "DATA_ACQ_COMPUTE_LOGS_BUCKET": "acq-logs",
         "DATA_ACQ_RUN_TASK_DEFINITION": "data-acq-run",
+        "DATA_ACQ_DRAIN_TASK_DEFINITION": "data-acq-drain",  # runs are ECS tasks
     }.items():
         monkeypatch.setenv(name, value)
     return home
@@ -455,7 +456,6 @@ def test_production_launcher_refuses_runs_that_change_their_task(
 
     from data_acq.run_launcher import RefusedRun, refusal
 
-    monkeypatch.setenv("DATA_ACQ_DRAIN_TASK_DEFINITION", "data-acq-drain")
     home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
     instance = DagsterInstance.from_config(str(home))
     drain_task = json.dumps({"taskDefinition": "data-acq-drain"})

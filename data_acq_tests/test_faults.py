@@ -27,14 +27,13 @@ from data_acq import layout
 from data_acq.acquire.raw import encode_object, raw_key
 from data_acq.curate.cursor import Cursor, new_raw_keys
 from data_acq.curate.units import pending_units
-from data_acq.defs.jobs import curate_job
 from data_acq.defs.resources import LocalStorage, PipelineQueue
 from data_acq.devtools.simulate import SimulationSpec, simulate
 from data_acq.messages import encode_record
 from data_acq.pipeline import process
 from data_acq.storage import LocalStore
 from data_acq_tests.conftest import MotoS3, receive_all
-from data_acq_tests.dagster_parts import curated, live_job
+from data_acq_tests.dagster_parts import curate_job, curated, live_job
 
 DAY = datetime(2024, 10, 12, tzinfo=UTC)
 

@@ -21,6 +21,7 @@ from data_acq.curate.aggregates import (
     COUNTER_FIELDS,
     completeness_daily,
     completeness_partials,
+    covered_ratios,
     energy_daily,
     energy_partials,
 )
@@ -349,6 +350,22 @@ def test_completeness_counts_minutes_and_lists_gaps() -> None:
     assert row["last_time"] == start + timedelta(minutes=1429, seconds=7)
 
 
+def test_the_completeness_check_judges_the_minutes_the_data_covers() -> None:
+    """A day whose data began at 19:50 (a new deployment, the UI demo's first day) is complete
+    for a site that reported every minute since; a site that reported every other minute is
+    not, and neither is one that stopped an hour before the others."""
+    start = datetime(2024, 10, 12, 19, 50, tzinfo=UTC)
+    sites = {"every": range(250), "half": range(0, 250, 2), "stopped": range(190)}
+    payloads = pl.DataFrame(
+        [(site, start + timedelta(minutes=m)) for site, ms in sites.items() for m in ms],
+        schema={"site": pl.String, "time": pl.Datetime("us", "UTC")},
+        orient="row",
+    )
+    ratios = covered_ratios(_hourly(payloads, completeness_partials))
+    assert ratios == {"every": 1.0, "half": 0.5, "stopped": 0.76}
+    assert covered_ratios(_hourly(payloads, completeness_partials).clear()) == {}
+
+
 def test_silent_sites_are_those_that_stopped_before_the_day_ended() -> None:
     day = date(2024, 10, 12)
     built = UnitResult(
@@ -363,6 +380,18 @@ def test_silent_sites_are_those_that_stopped_before_the_day_ended() -> None:
     assert built.silent_sites(later) == {"stopped": 599}
     # on the day itself, at 14:30, nobody has been silent for more than an hour yet
     assert built.silent_sites(datetime(2024, 10, 12, 14, 30, tzinfo=UTC)) == {}
+    # a backlog still arriving (every site's data ends at 14:00 so far): nobody fell silent
+    catching_up = UnitResult(
+        day,
+        0,
+        last_payload={
+            "a": datetime(2024, 10, 12, 14, 0, tzinfo=UTC),
+            "b": datetime(2024, 10, 12, 13, 58, tzinfo=UTC),
+        },
+    )
+    assert catching_up.silent_sites(later) == {}
+    catching_up.last_payload["c"] = datetime(2024, 10, 12, 12, 0, tzinfo=UTC)
+    assert catching_up.silent_sites(later) == {"c": 120}
 
 
 def test_pipeline_documents_go_to_sqs_once(moto_s3: MotoS3, tmp_path: Path) -> None:

@@ -37,7 +37,6 @@ from data_acq.curate.cursor import new_raw_keys
 from data_acq.curate.staging import stage
 from data_acq.curate.tables import CuratedTables
 from data_acq.curate.units import pending_units
-from data_acq.defs.jobs import charts_job, curate_job, stage_job
 from data_acq.defs.processing import CURATED_ASSETS
 from data_acq.defs.resources import (
     CACertificate,
@@ -56,10 +55,13 @@ from data_acq.sites import bucket_of
 from data_acq.storage import LocalStore, ObjectStore
 from data_acq_tests.dagster_parts import (
     SETTINGS,
+    charts_job,
+    curate_job,
     curated,
     daily_charts,
     live_job,
     raw_messages,
+    stage_job,
     staged_raw,
     warehouse,
 )
@@ -146,8 +148,9 @@ def test_a_live_window_reports_exactly_the_units_it_refreshed(tmp_path: Path) ->
         key = str(MultiPartitionKey({"date": "2024-10-13", "bucket": "00"}))
         assert checks[("duplicates_removed", key)] is True
         assert checks[("clock_skew", key)] is True  # the backlog is late, not early
-        # the simulated data ends at 01:00 on the 13th: the day's sites went silent after that
-        assert checks[("sites_reporting", key)] is False
+        # the simulated data ends at 01:00 on the 13th for every site at once: none fell silent
+        # while others went on (no data at all is the raw data's freshness alarm)
+        assert checks[("sites_reporting", key)] is True
         assert pending_units(store) == {}  # all refreshed
         # the window's figures on the run
         [output] = [
@@ -353,6 +356,9 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
         ("a/bad/u/data", _payload(bad_day + timedelta(hours=13, minutes=-10 * m), m))
         for m in range(40)
     ] + [("a/bad/u/data", b"{not json")] * 3
+    # and a site in the same unit that goes on to the end of the day: the others are judged
+    # against the data it covers
+    bad.append(("a/steady/u/data", _payload(bad_day + timedelta(hours=23, minutes=59), 1)))
     # and the first payload again with another value: a clock that jumped back
     bad.append(("a/bad/u/data", _payload(bad_day + timedelta(hours=13), 99)))
     _put_lines(store, bad, received)
@@ -373,12 +379,12 @@ def test_every_check_can_fail_and_each_passes_on_a_good_day(tmp_path: Path) -> N
 
         assert checks("good", good_day) == dict.fromkeys(CHECKS, True)
         assert checks("bad", bad_day) == {
-            "rejected_share": False,  # 3 of 44 payloads
+            "rejected_share": False,  # 3 of 45 payloads
             "duplicates_removed": True,
             "conflicting_readings": False,  # the payload sent again with another value
-            "completeness": False,  # 40 of 1440 minutes
+            "completeness": False,  # 40 of the 1,050 minutes the unit's data covers
             "clock_skew": False,  # an hour ahead of arrival
-            "sites_reporting": False,  # silent from 13:00 to the end of the day
+            "sites_reporting": False,  # silent from 13:00, while "steady" went on to 23:59
         }
         # readings filed under another hour than their time's: a copy no refresh replaces
         tables = CuratedTables(store)

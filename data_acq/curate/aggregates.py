@@ -180,6 +180,21 @@ def completeness_partials(payloads: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def covered_ratios(partials: pl.DataFrame) -> dict[str | None, float]:
+    """Per site: the share of the minutes the unit's data covers (its first payload to its last,
+    any site's) with a payload from the site. What the completeness check judges: a site that
+    fell behind the others, not a day that began before the data did (a new deployment), nor
+    a day whose backlog is still arriving."""
+    if partials.is_empty():
+        return {}
+    covered = partials["last"].max() - partials["first"].min()  # type: ignore[operator]
+    minutes = int(covered.total_seconds() // 60) + 1
+    ratios = partials.group_by("site").agg(
+        ratio=pl.min_horizontal(pl.col("received").sum() / minutes, 1.0).round(4)
+    )
+    return dict(ratios.iter_rows())
+
+
 def completeness_daily(
     partials: pl.DataFrame, day: date, now: datetime | None = None
 ) -> pl.DataFrame:

@@ -67,9 +67,8 @@ class UnitResult:
     rejected_payloads: int = 0
     ahead_of_receipt: int = 0  # readings stamped more than FUTURE_TOLERANCE after arrival
     max_lag_s: float | None = None  # longest delay from measurement to receipt
-    completeness: dict[str | None, float | None] = field(
-        default_factory=dict
-    )  # site -> ratio (None: day not begun)
+    # site -> share of the minutes the unit's data covers (aggregates.covered_ratios)
+    completeness: dict[str | None, float] = field(default_factory=dict)
     last_payload: dict[str | None, datetime] = field(default_factory=dict)  # site -> latest
     sent_to_queue: int | None = None  # documents the feed sent after this refresh
     table_rows: dict[str, int] = field(default_factory=dict)  # each table's rows, the whole day
@@ -92,12 +91,16 @@ class UnitResult:
     def silent_sites(
         self, now: datetime, allowed: timedelta = timedelta(hours=1)
     ) -> dict[str | None, float]:
-        """Sites whose last payload of the day came more than `allowed` before the day ended
-        (or before now, for today): minutes of silence per site."""
+        """Sites whose last payload of the day came more than `allowed` before the unit's
+        newest payload (any site's; and before the day's end, or now): minutes of silence per
+        site. Judged against the data, so a backlog still arriving has no silent sites; a fleet
+        with no data at all is the raw data's freshness alarm."""
+        if not self.last_payload:
+            return {}
         day_end = datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC) + timedelta(
             days=1
         )
-        horizon = min(now, day_end - timedelta(minutes=1))
+        horizon = min(now, day_end - timedelta(minutes=1), max(self.last_payload.values()))
         return {
             site: round((horizon - last).total_seconds() / 60)
             for site, last in self.last_payload.items()
@@ -376,7 +379,7 @@ def _write_daily(
     result.rows["energy_daily"] = _write_energy(store, tables, day, bucket, energy=energy)
     daily = aggregates.completeness_daily(completeness, day, now)
     _put(tables, "completeness_daily", day, bucket, None, daily.drop("last_time"), result)
-    result.completeness = dict(daily.select("site", "ratio").iter_rows())
+    result.completeness = aggregates.covered_ratios(completeness)
     result.last_payload = dict(daily.select("site", "last_time").iter_rows())
 
 

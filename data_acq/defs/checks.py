@@ -51,7 +51,8 @@ def check_specs(units: MultiPartitionsDefinition) -> list[AssetCheckSpec]:
                 "completeness",
                 asset="completeness_daily",
                 partitions_def=units,
-                description=f"Every site delivered at least {MIN_COMPLETENESS:.0%} of its minutes so far",
+                description=f"Every site delivered at least {MIN_COMPLETENESS:.0%} of the minutes the "
+                "unit's data covers (its first payload to its last, any site's)",
             ),
             AssetCheckSpec(
                 "clock_skew",
@@ -64,7 +65,8 @@ def check_specs(units: MultiPartitionsDefinition) -> list[AssetCheckSpec]:
                 "sites_reporting",
                 asset="readings",
                 partitions_def=units,
-                description="No site fell silent for more than an hour before the day ended (or now)",
+                description="No site fell silent for more than an hour before the unit's newest "
+                "payload (any site's)",
             ),
         ]
 

@@ -2,7 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from dagster import (
     AssetObservation,
@@ -38,7 +38,17 @@ if TYPE_CHECKING:  # what define_asset_job returns has no public name
 # refresh one unit-hour at a time (docs/performance.md)
 SMALL_TASK = {"ecs/cpu": "512", "ecs/memory": "1024"}
 PROCESSING_TASK = {"ecs/cpu": "1024", "ecs/memory": "4096"}
-PROCESSING = {KIND_TAG: "processing", **PROCESSING_TASK}  # backfills and work launched by hand
+
+
+class Jobs(NamedTuple):
+    """The jobs whose runs' tags follow the deployment (windows, ECS task sizes)."""
+
+    drain: "UnresolvedAssetJobDefinition"
+    live: JobDefinition
+    stage: "UnresolvedAssetJobDefinition"
+    curate: "UnresolvedAssetJobDefinition"
+    charts: "UnresolvedAssetJobDefinition"
+    compact: JobDefinition
 
 
 @op(description="Connect to the broker with the configured TLS, CA and credentials, then leave.")
@@ -81,10 +91,11 @@ def drain_task(task_definition: str | None) -> dict[str, str]:
     return {RUN_TASK_KWARGS: json.dumps({"taskDefinition": task_definition})}
 
 
-def build_window_jobs(
-    settings: Settings,
-) -> "tuple[UnresolvedAssetJobDefinition, JobDefinition]":
-    """The drain and live jobs, whose runs' limits follow the deployment's windows."""
+def build_jobs(settings: Settings) -> Jobs:
+    """The jobs for one deployment: the window runs' limits follow its windows, and where runs
+    are ECS tasks, each job's tags size its task (local runs carry none)."""
+    small, processing = (SMALL_TASK, PROCESSING_TASK) if settings.on_ecs else ({}, {})
+    by_hand = {KIND_TAG: "processing", **processing}  # backfills and work launched by hand
     # Window runs do their work in the run's own process (Dagster's default executor would
     # start a child process for the step): a run whose process is killed then stops working,
     # instead of leaving a child that goes on draining or refreshing beside the run that
@@ -102,7 +113,7 @@ def build_window_jobs(
         tags={
             KIND_TAG: "drain",
             "dagster/max_retries": "2",
-            **SMALL_TASK,
+            **small,
             **max_runtime(settings.drain_window_s, settings.handover_s, 900),
             **drain_task(settings.drain_task_definition),
         },
@@ -118,39 +129,46 @@ def build_window_jobs(
         "overlapping its end).",
         tags={
             KIND_TAG: "live",
-            **PROCESSING_TASK,
+            **processing,
             **max_runtime(settings.live_window_s, settings.handover_s, OVERRUN_S),
         },
     )
     def live_job() -> None:
         live_window()
 
-    return drain_job, live_job
+    stage_job = define_asset_job(
+        "stage_raw",
+        selection=["staged_raw", "warehouse"],
+        description="Stage the raw objects not staged yet by unit and hour, and keep the "
+        "warehouse's views current (live runs do this as they go; this job is for doing it by "
+        "hand).",
+        tags=by_hand,
+    )
+    curate_job = define_asset_job(
+        "curate_unit",
+        selection=list(CURATED_ASSETS),
+        description="Refresh one unit (a measurement date and a bucket of sites): its pending "
+        "hours, or all of them when none is pending (a rebuild); the daily tables, the SQS feed, "
+        "the checks. For backfills and rebuilds: a backfill of many units fans out, one run "
+        "each.",
+        tags=by_hand,
+    )
+    charts_job = define_asset_job(
+        "draw_charts",
+        selection=["daily_charts"],
+        description="Draw a date's chart per site.",
+        tags=by_hand,
+    )
 
+    @job(
+        description="Upkeep of the curated tables: closed dates compacted (late data included), "
+        "old files deleted. Hourly by schedule; `data-acq compact` does the same.",
+        tags=by_hand,
+    )
+    def compact_tables() -> None:
+        compact_curated()
 
-stage_job = define_asset_job(
-    "stage_raw",
-    selection=["staged_raw", "warehouse"],
-    description="Stage the raw objects not staged yet by unit and hour, and keep the warehouse's "
-    "views current (live runs do this as they go; this job is for doing it by hand).",
-    tags=PROCESSING,
-)
-
-curate_job = define_asset_job(
-    "curate_unit",
-    selection=list(CURATED_ASSETS),
-    description="Refresh one unit (a measurement date and a bucket of sites): its pending hours, "
-    "or all of them when none is pending (a rebuild); the daily tables, the SQS feed, the "
-    "checks. For backfills and rebuilds: a backfill of many units fans out, one run each.",
-    tags=PROCESSING,
-)
-
-charts_job = define_asset_job(
-    "draw_charts",
-    selection=["daily_charts"],
-    description="Draw a date's chart per site.",
-    tags=PROCESSING,
-)
+    return Jobs(drain_job, live_job, stage_job, curate_job, charts_job, compact_tables)
 
 
 class Upkeep(Config):
@@ -193,15 +211,6 @@ def compact_curated(context: OpExecutionContext, config: Upkeep, storage: Storag
             "old_files_deleted": sum(result.removed_files.values()),
         },
     )
-
-
-@job(
-    description="Upkeep of the curated tables: closed dates compacted (late data included), "
-    "old files deleted. Hourly by schedule; `data-acq compact` does the same.",
-    tags=PROCESSING,
-)
-def compact_tables() -> None:
-    compact_curated()
 
 
 class RunRetention(Config):

@@ -47,6 +47,8 @@ class LocalMosquitto:
     password_file: Path | None = None
     persistence: bool = False
     extra: tuple[str, ...] = ()
+    # its own session: a Ctrl-C in the terminal does not reach it, its owner stops it (last)
+    own_session: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +82,7 @@ class LocalMosquitto:
             [mosquitto_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -297,6 +297,37 @@ def group_members(pgid: int) -> set[int] | None:
     return {pid for pid, p in table.items() if p.group == pgid and p.state not in ("Z", "X")}
 
 
+UNFINISHED = ("NOT_STARTED", "QUEUED", "STARTING", "STARTED", "CANCELING")
+CANCEL_WAIT_S = 15.0  # for in-flight runs to stop their window cleanly
+
+
+def cancel_active_runs(dagster_home: Path, wait_s: float = CANCEL_WAIT_S) -> int:
+    """Cancel the session's unfinished runs as the UI's Terminate does, while dagster dev still
+    runs, and wait for them to end: a drain flushes and acknowledges what it stored, a live run
+    finishes its refresh, and each ends CANCELED rather than killed mid-step."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    statuses = [DagsterRunStatus(s) for s in UNFINISHED]
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs(filters=RunsFilter(statuses=statuses))
+        for run in runs:
+            with contextlib.suppress(Exception):  # one that ended meanwhile, say
+                instance.run_launcher.terminate(run.run_id)
+        deadline = time.monotonic() + wait_s
+        ids = [run.run_id for run in runs]
+        while ids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ids = [i for i in ids if not (r := instance.get_run_by_id(i)) or not r.is_finished]
+    return len(runs)
+
+
+def _end_runs(dagster_home: Path, how: Callable[[Path], int]) -> None:
+    try:
+        how(dagster_home)
+    except Exception as exc:  # the instance is the session's own; say so and go on stopping
+        print(f"data-acq ui: could not end the session's runs: {exc}", file=sys.stderr)
+
+
 def cancel_leftover_runs(dagster_home: Path) -> int:
     """Mark the runs a previous session left unfinished (its processes are gone: the folder lock
     says no other `data-acq ui` uses it) as canceled, or the sensors would wait for them."""
@@ -305,12 +336,7 @@ def cancel_leftover_runs(dagster_home: Path) -> int:
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema checks, at INFO
-    unfinished = [
-        DagsterRunStatus.NOT_STARTED,
-        DagsterRunStatus.STARTING,
-        DagsterRunStatus.STARTED,
-        DagsterRunStatus.CANCELING,
-    ]
+    unfinished = [DagsterRunStatus(s) for s in UNFINISHED]
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         runs = instance.get_runs(filters=RunsFilter(statuses=unfinished))
         for run in runs:
@@ -387,7 +413,9 @@ def run_ui(
     url = f"http://{HOST}:{port}"
     with _lock(folder), _Interrupts() as interrupts:
         began = time.monotonic()
-        broker = LocalMosquitto(folder / "mosquitto", persistence=True, extra=BROKER_CONFIG)
+        broker = LocalMosquitto(
+            folder / "mosquitto", persistence=True, extra=BROKER_CONFIG, own_session=True
+        )
         dagster: DagsterDev | None = None
         publisher: threading.Thread | None = None
         stop_loggers = threading.Event()
@@ -452,13 +480,15 @@ def run_ui(
             running = dagster is not None and not dagster.exited()
             if running:
                 print("data-acq ui: stopping ...", flush=True)
+            if running:
+                _end_runs(folder / "dagster_home", cancel_active_runs)
             if dagster is not None:
                 dagster.stop()
+            if running:  # a run launched meanwhile, killed with dagster dev: not left STARTED
+                _end_runs(folder / "dagster_home", cancel_leftover_runs)
             if publisher is not None:
-                # not long: after a Ctrl-C, Mosquitto (in the terminal's process group) is gone
-                # and the last publish is never acknowledged
-                publisher.join(timeout=0.5)
-            broker.stop()
+                publisher.join(timeout=2.0)
+            broker.stop()  # last: the drains were still acknowledging
             if running:
                 print(f"data-acq ui: stopped in {time.monotonic() - ended:.1f} s", flush=True)
 
