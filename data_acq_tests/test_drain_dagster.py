@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from dagster import (
-    AssetKey,
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
@@ -339,7 +338,7 @@ def test_only_windows_that_stored_data_materialize_raw_messages(
 ) -> None:
     """So that the freshness policy (red after DATA_ACQ_RAW_FRESHNESS_MINUTES without data)
     measures data arriving, not drains running."""
-    policy = raw_messages.specs_by_key[raw_messages.key].freshness_policy
+    policy = raw_messages.freshness_policy
     assert policy is not None and policy.fail_window.to_timedelta() == timedelta(minutes=30)
     job = _drain_defs(tmp_path, mosquitto.port).resolve_job_def("drain")
     config = {"ops": {"raw_messages": {"config": {"idle_exit_s": 0.3, "max_seconds": 5.0}}}}
@@ -384,11 +383,12 @@ def test_the_successor_is_requested_a_handover_before_the_window_ends(
 
 
 @pytest.mark.parametrize("first", ["by hand", "sensor"])
-def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
+def test_a_drain_launched_by_hand_while_the_sensors_drain_runs(
     tmp_path: Path, instance: DagsterInstance, first: str
 ) -> None:
-    """ "Materialize" on raw_messages runs the asset job, without the drain job's name or the
-    subscription's tag. Whichever of it and the sensor's drain came first goes on: the sensor
+    """A drain launched by hand (the drain job from the Launchpad: no subscription tag, the
+    subscription from its configuration). Whichever of it and the sensor's drain came first
+    goes on: the sensor
     requests no second drain while the first works its window, a later drain is refused before
     it connects, the first never loses its connection to a second client, and every message
     published meanwhile is stored once the next drain has run."""
@@ -397,16 +397,12 @@ def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
     with LocalMosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",)) as broker:
         defs = _drain_defs(tmp_path, broker.port)
         drain = defs.resolve_job_def("drain")
-        asset_job = defs.get_implicit_global_asset_job_def()
         # a whole window ahead of it, ended early once the loggers are quiet
         window = {"ops": {"raw_messages": {"config": {"max_seconds": 600.0, "idle_exit_s": 3.0}}}}
         quick = {"ops": {"raw_messages": {"config": {"max_seconds": 600.0}}}}
         launch = {
-            "by hand": lambda config: asset_job.execute_in_process(
-                asset_selection=[AssetKey("raw_messages")],
-                run_config=config,
-                instance=instance,
-                raise_on_error=False,
+            "by hand": lambda config: drain.execute_in_process(
+                run_config=config, instance=instance, raise_on_error=False
             ),
             "sensor": lambda config: drain.execute_in_process(
                 run_config=config,
@@ -438,7 +434,7 @@ def test_raw_messages_materialized_by_hand_while_the_sensors_drain_runs(
         [worked] = done
         assert worked.success
         hand_run = worked if first == "by hand" else refused
-        assert hand_run.dagster_run.job_name == "__ASSET_JOB"  # as the UI's "Materialize" runs
+        assert SUBSCRIPTION_TAG not in hand_run.dagster_run.tags  # as the Launchpad runs it
         lost = [
             entry.user_message
             for entry in instance.all_logs(worked.run_id)

@@ -22,6 +22,7 @@ from pydantic import Field
 from data_acq.acquire.broker import connect, make_client
 from data_acq.curate.compaction import RETAIN, upkeep
 from data_acq.curate.tables import CuratedTables
+from data_acq.defs.acquisition import build_drain_op
 from data_acq.defs.live import build_live_window
 from data_acq.defs.processing import CURATED_ASSETS
 from data_acq.defs.resources import MQTTBroker, Storage
@@ -43,7 +44,7 @@ PROCESSING_TASK = {"ecs/cpu": "1024", "ecs/memory": "4096"}
 class Jobs(NamedTuple):
     """The jobs whose runs' tags follow the deployment (windows, ECS task sizes)."""
 
-    drain: "UnresolvedAssetJobDefinition"
+    drain: JobDefinition
     live: JobDefinition
     stage: "UnresolvedAssetJobDefinition"
     curate: "UnresolvedAssetJobDefinition"
@@ -100,13 +101,15 @@ def build_jobs(settings: Settings) -> Jobs:
     # start a child process for the step): a run whose process is killed then stops working,
     # instead of leaving a child that goes on draining or refreshing beside the run that
     # replaces it.
-    drain_job = define_asset_job(
-        DRAIN_JOB,
-        selection=["raw_messages"],
+    drain_op = build_drain_op(settings)
+
+    @job(
+        name=DRAIN_JOB,
         executor_def=in_process_executor,
         description=(
             "One drain window: the subscription's topics into raw storage, acknowledged only "
-            "once stored. Started and restarted by the drain sensor, one run per subscription."
+            "once stored, reported as raw_messages. Started and restarted by the drain sensor, "
+            "one run per subscription."
         ),
         # where run retries are on (deploy/dagster.yaml), a drain whose task died is retried
         # at once; the maximum runtime holds for every drain run, whoever launched it
@@ -118,6 +121,9 @@ def build_jobs(settings: Settings) -> Jobs:
             **drain_task(settings.drain_task_definition),
         },
     )
+    def drain_job() -> None:
+        drain_op()
+
     live_window = build_live_window(settings)
 
     @job(

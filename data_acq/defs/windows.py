@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
-    AssetKey,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -71,8 +70,8 @@ def _config(run: DagsterRun, op: str) -> dict:
 
 
 def slot_of(run: DagsterRun) -> Slot | None:
-    """The slot a run works: a drain, whichever job materializes raw_messages, or a live run."""
-    if run.job_name == DRAIN_JOB or AssetKey("raw_messages") in (run.asset_selection or ()):
+    """The slot a run works: a drain or a live run."""
+    if run.job_name == DRAIN_JOB:
         name = run.tags.get(SUBSCRIPTION_TAG) or _config(run, "raw_messages").get("subscription")
         return Slot("drain", str(name or "main"))
     if run.job_name == LIVE_JOB:
