@@ -197,3 +197,10 @@ def test_ctrl_c_stops_everything_started_within_seconds(tmp_path: Path) -> None:
     stderr = err.read_text()
     assert "Traceback" not in stderr, stderr
     assert "data-acq ui: stopped in" in out.read_text()
+    # the runs in flight were cancelled, not killed: none is left failed or unfinished
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(folder / "dagster_home")) as instance:
+        runs = instance.get_runs()
+    statuses = {run.run_id: run.status.value for run in runs}
+    assert statuses and set(statuses.values()) <= {"SUCCESS", "CANCELED"}, statuses

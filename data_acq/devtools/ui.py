@@ -298,26 +298,21 @@ def group_members(pgid: int) -> set[int] | None:
 
 
 UNFINISHED = ("NOT_STARTED", "QUEUED", "STARTING", "STARTED", "CANCELING")
-CANCEL_WAIT_S = 15.0  # for in-flight runs to stop their window cleanly
 
 
-def cancel_active_runs(dagster_home: Path, wait_s: float = CANCEL_WAIT_S) -> int:
-    """Cancel the session's unfinished runs as the UI's Terminate does, while dagster dev still
-    runs, and wait for them to end: a drain flushes and acknowledges what it stored, a live run
-    finishes its refresh, and each ends CANCELED rather than killed mid-step."""
+def request_cancel(dagster_home: Path) -> int:
+    """Mark the session's unfinished runs CANCELING (what Terminate in the UI records first),
+    just before dagster dev is stopped: a run worker interrupted then sees the request and
+    ends its run CANCELED, not FAILURE ("interrupted unexpectedly"). Terminating the runs one by
+    one while the daemon still ran would only let the sensors launch their successors."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    statuses = [DagsterRunStatus(s) for s in UNFINISHED]
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema checks, at INFO
+    active = [DagsterRunStatus(s) for s in UNFINISHED if s != "CANCELING"]
     with DagsterInstance.from_config(str(dagster_home)) as instance:
-        runs = instance.get_runs(filters=RunsFilter(statuses=statuses))
+        runs = instance.get_runs(filters=RunsFilter(statuses=active))
         for run in runs:
-            with contextlib.suppress(Exception):  # one that ended meanwhile, say
-                instance.run_launcher.terminate(run.run_id)
-        deadline = time.monotonic() + wait_s
-        ids = [run.run_id for run in runs]
-        while ids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            ids = [i for i in ids if not (r := instance.get_run_by_id(i)) or not r.is_finished]
+            instance.report_run_canceling(run, message="data-acq ui is stopping.")
     return len(runs)
 
 
@@ -444,7 +439,14 @@ def run_ui(
                 "  sensors on: drain_sensor, live_sensor",
                 flush=True,
             )
-            messages = paced(simulate(spec), spec.start, speed, stop_loggers, on_live=_say_live)
+            past_days = _days_before_today(spec.start)
+            messages = paced(
+                simulate(spec),
+                spec.start,
+                speed,
+                stop_loggers,
+                on_live=lambda: _caught_up(url, past_days),
+            )
             settings = BrokerSettings(host=HOST, port=broker.port, client_id="ui-loggers")
             publisher = threading.Thread(
                 target=_publish, args=(settings, messages, stop_loggers), daemon=True
@@ -481,24 +483,44 @@ def run_ui(
             if running:
                 print("data-acq ui: stopping ...", flush=True)
             if running:
-                _end_runs(folder / "dagster_home", cancel_active_runs)
+                _end_runs(folder / "dagster_home", request_cancel)
             if dagster is not None:
                 dagster.stop()
             if running:  # a run launched meanwhile, killed with dagster dev: not left STARTED
                 _end_runs(folder / "dagster_home", cancel_leftover_runs)
             if publisher is not None:
-                publisher.join(timeout=2.0)
+                publisher.join(timeout=0.5)
             broker.stop()  # last: the drains were still acknowledging
             if running:
                 print(f"data-acq ui: stopped in {time.monotonic() - ended:.1f} s", flush=True)
 
 
-def _say_live() -> None:
+def _days_before_today(start: datetime) -> list[str]:
+    today = datetime.now(UTC).date()
+    day, days = start.date(), []
+    while day < today:
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    return days
+
+
+def _caught_up(url: str, past_days: list[str]) -> None:
+    """The history is published: say so, and draw the past days' charts, as the 00:30 schedule
+    would have (it does not run for days before the session)."""
     print(
         f"data-acq ui: the loggers caught up with the clock at {datetime.now(UTC):%H:%M} UTC; "
         "publishing live",
         flush=True,
     )
+    from dagster_graphql import DagsterGraphQLClient  # the webserver's own client
+
+    host, _, port = url.removeprefix("http://").partition(":")
+    client = DagsterGraphQLClient(host, port_number=int(port))
+    for day in past_days:
+        try:
+            client.submit_job_execution("draw_charts", tags={"dagster/partition": day})
+        except Exception as exc:  # the UI shows the chart missing; nothing else depends on it
+            print(f"data-acq ui: could not launch {day}'s charts: {exc}", file=sys.stderr)
 
 
 def _wait_until_ready(dagster: DagsterDev, url: str, interrupts: _Interrupts) -> bool:
