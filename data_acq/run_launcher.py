@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from dagster_aws.ecs import EcsRunLauncher
 
-from data_acq.defs.windows import DRAIN_JOB, RUN_TASK_KWARGS
+from data_acq.defs.windows import DRAIN_JOB, RUN_TASK_KWARGS, drain_task
 
 if TYPE_CHECKING:  # no public name in dagster 1.13
     from dagster._core.launcher import LaunchRunContext
@@ -34,13 +34,13 @@ def refusal(
     job_name: str, tags: Mapping[str, str], drain_task_definition: str | None
 ) -> str | None:
     """Why a run may not be launched as it is tagged, or None."""
+    allowed = drain_task(drain_task_definition).get(RUN_TASK_KWARGS)  # what the drain job sets
     for tag in OVERRIDES:
         if tag not in tags:
             continue
-        drain_task = drain_task_definition and {"taskDefinition": drain_task_definition}
-        if tag == RUN_TASK_KWARGS and job_name == DRAIN_JOB and drain_task:
+        if tag == RUN_TASK_KWARGS and job_name == DRAIN_JOB and allowed:
             try:
-                if json.loads(tags[tag]) == drain_task:
+                if json.loads(tags[tag]) == json.loads(allowed):
                     continue
             except ValueError:
                 pass

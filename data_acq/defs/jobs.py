@@ -1,6 +1,5 @@
 """Jobs for operators."""
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,7 +25,7 @@ from data_acq.defs.acquisition import build_drain_op
 from data_acq.defs.live import build_live_window
 from data_acq.defs.processing import CURATED_ASSETS
 from data_acq.defs.resources import MQTTBroker, Storage
-from data_acq.defs.windows import DRAIN_JOB, KIND_TAG, LIVE_JOB, OVERRUN_S, RUN_TASK_KWARGS
+from data_acq.defs.windows import DRAIN_JOB, KIND_TAG, LIVE_JOB, OVERRUN_S, drain_task
 from data_acq.progress import logged
 from data_acq.settings import Settings
 
@@ -81,15 +80,6 @@ def max_runtime(window_s: float, handover_s: float, overrun_s: float) -> dict[st
     """Run monitoring stops a run this long after it started: its window, the wait for its
     predecessor, and a margin for a last flush or refresh."""
     return {"dagster/max_runtime": str(int(window_s + handover_s + overrun_s))}
-
-
-def drain_task(task_definition: str | None) -> dict[str, str]:
-    """On ECS, drains run as tasks of their own definition (deploy/cfn.yaml: the MQTT
-    credentials, the role that writes raw/), which EcsRunLauncher takes from this tag; the
-    guarded launcher (data_acq.run_launcher) allows it on drains only."""
-    if not task_definition:
-        return {}
-    return {RUN_TASK_KWARGS: json.dumps({"taskDefinition": task_definition})}
 
 
 def build_jobs(settings: Settings) -> Jobs:

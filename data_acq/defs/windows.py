@@ -37,6 +37,17 @@ WORKER_TAG = "data_acq/live_worker"
 DRAIN_JOB = "drain"
 # EcsRunLauncher's tag for RunTask arguments: the drain job names its task definition in it
 RUN_TASK_KWARGS = "ecs/run_task_kwargs"
+
+
+def drain_task(task_definition: str | None) -> dict[str, str]:
+    """The drain job's tag on ECS: drains run as tasks of their own definition (deploy/cfn.yaml:
+    the MQTT credentials, the role that writes raw/). The guarded launcher
+    (data_acq.run_launcher) allows this tag, on drains only."""
+    if not task_definition:
+        return {}
+    return {RUN_TASK_KWARGS: json.dumps({"taskDefinition": task_definition})}
+
+
 LIVE_JOB = "live_processing"
 ACTIVE = [
     DagsterRunStatus.QUEUED,
