@@ -39,6 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+# with the module, not on first use: stopping must not pay Dagster's import (over a second)
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
 from data_acq.acquire.broker import publish_all
 from data_acq.devtools.demo import BROKER_CONFIG
 from data_acq.devtools.local_broker import LocalMosquitto, free_port
@@ -301,19 +304,20 @@ UNFINISHED = ("NOT_STARTED", "QUEUED", "STARTING", "STARTED", "CANCELING")
 
 
 def request_cancel(dagster_home: Path) -> int:
-    """Mark the session's unfinished runs CANCELING (what Terminate in the UI records first),
-    just before dagster dev is stopped: a run worker interrupted then sees the request and
-    ends its run CANCELED, not FAILURE ("interrupted unexpectedly"). Terminating the runs one by
-    one while the daemon still ran would only let the sensors launch their successors."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    """Cancel the session's unfinished runs just before dagster dev is stopped. A started run is
+    marked CANCELING (what Terminate in the UI records first): its worker, interrupted, sees the
+    request and ends it CANCELED, not FAILURE ("interrupted unexpectedly"). A run not started
+    yet is marked CANCELED at once: a worker that starts for a CANCELING run fails it, one that
+    starts for a CANCELED run does nothing. (Terminating runs one by one while the daemon still
+    ran would only let the sensors launch their successors.)"""
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema checks, at INFO
-    active = [DagsterRunStatus(s) for s in UNFINISHED if s != "CANCELING"]
-    with DagsterInstance.from_config(str(dagster_home)) as instance:
-        runs = instance.get_runs(filters=RunsFilter(statuses=active))
-        for run in runs:
+    def cancel(instance: DagsterInstance, run: DagsterRun) -> None:
+        if run.status == DagsterRunStatus.STARTED:
             instance.report_run_canceling(run, message="data-acq ui is stopping.")
-    return len(runs)
+        else:
+            instance.report_run_canceled(run, message="data-acq ui stopped before it started.")
+
+    return _report_unfinished(dagster_home, [s for s in UNFINISHED if s != "CANCELING"], cancel)
 
 
 def _end_runs(dagster_home: Path, how: Callable[[Path], int]) -> None:
@@ -328,16 +332,27 @@ def cancel_leftover_runs(dagster_home: Path) -> int:
     says no other `data-acq ui` uses it) as canceled, or the sensors would wait for them."""
     if not (dagster_home / "history" / "runs.db").exists():
         return 0  # a new instance (or not SQLite: not ours)
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    return _report_unfinished(
+        dagster_home,
+        list(UNFINISHED),
+        lambda instance, run: instance.report_run_canceled(
+            run, message="The data-acq ui session this run belonged to has stopped."
+        ),
+    )
 
+
+def _report_unfinished(
+    dagster_home: Path,
+    statuses: list[str],
+    report: Callable[[DagsterInstance, DagsterRun], object],
+) -> int:
+    """`report(instance, run)` for each run of the session's instance in one of `statuses`."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema checks, at INFO
-    unfinished = [DagsterRunStatus(s) for s in UNFINISHED]
+    wanted = [DagsterRunStatus(s) for s in statuses]
     with DagsterInstance.from_config(str(dagster_home)) as instance:
-        runs = instance.get_runs(filters=RunsFilter(statuses=unfinished))
+        runs = instance.get_runs(filters=RunsFilter(statuses=wanted))
         for run in runs:
-            instance.report_run_canceled(
-                run, message="The data-acq ui session this run belonged to has stopped."
-            )
+            report(instance, run)
     return len(runs)
 
 
