@@ -168,6 +168,7 @@ class Drain:
         stop: threading.Event | None = None,
         on_flush: Callable[[DrainStats], None] | None = None,
         on_connection: Callable[[str], None] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.ca_file = ca_file
@@ -176,6 +177,9 @@ class Drain:
         self.stop = stop or threading.Event()
         self.on_flush = on_flush
         self.on_connection = on_connection  # told of each loss and reconnect, as it happens
+        # told each time the broker confirms the subscriptions: from then on, what is published
+        # is kept for this session (before the first one, a new session holds nothing)
+        self.on_subscribed = on_subscribed
         self.stats = DrainStats()
         self.subscribed = threading.Event()  # set once the broker confirmed the subscriptions
         self._cond = threading.Condition()
@@ -250,6 +254,8 @@ class Drain:
             self._cond.notify()
         if not refused:
             self.subscribed.set()
+            if self.on_subscribed:
+                self.on_subscribed()
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         received_at = datetime.now(UTC)

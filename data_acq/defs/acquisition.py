@@ -161,6 +161,9 @@ def drain_window(
             limits,
             on_flush=progress,
             on_connection=context.log.warning,
+            on_subscribed=lambda: context.log.info(
+                f"subscribed to {', '.join(broker.topics)} as {broker.client_id}"
+            ),
         )
         stats = drain.run()
     except (BrokerError, CACertError, DrainError, DrainWriteError, StorageError) as exc:
