@@ -157,7 +157,11 @@ def subscribe_on_connect(
             on_change(True, "connected")
         c.subscribe([(topic, qos) for topic in topics])
         present = getattr(flags, "session_present", None)
-        log.info("connected (session present: %s); subscribed to %s", present, ", ".join(topics))
+        log.info("connected (session present: %s); subscribing to %s", present, ", ".join(topics))
+
+    def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, reasons: list, _p: object) -> None:
+        # from here on the broker routes what is published to us; before, nothing was kept
+        log.info("subscribed to %s (%s)", ", ".join(topics), ", ".join(map(str, reasons)))
 
     def on_disconnect(
         _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
@@ -169,6 +173,7 @@ def subscribe_on_connect(
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
+    client.on_subscribe = on_subscribe
 
 
 @contextmanager

@@ -253,6 +253,7 @@ class Drain:
             self._refused = ", ".join(refused) or None
             self._cond.notify()
         if not refused:
+            log.info("subscribed to %s", ", ".join(self.broker.topics))
             self.subscribed.set()
             if self.on_subscribed:
                 self.on_subscribed()
