@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 
@@ -40,10 +41,12 @@ def read_parquet(store: ObjectStore, key: str) -> pl.DataFrame | None:
     return _parsed(store, key, data)
 
 
-def read_parquets(store: ObjectStore, prefix: str) -> list[pl.DataFrame]:
-    """Every Parquet object under `prefix`, in key order."""
-    return [
-        _parsed(store, key, store.get(key))
-        for key in store.list_keys(prefix)
-        if key.endswith(".parquet")
-    ]
+def read_parquets(store: ObjectStore, prefix: str, workers: int = 8) -> list[pl.DataFrame]:
+    """Every Parquet object under `prefix`, in key order, fetched `workers` at a time: a live
+    hour holds a staged object per tick, and on S3 each is a request's round trip."""
+    keys = [key for key in store.list_keys(prefix) if key.endswith(".parquet")]
+    if len(keys) <= 1:
+        return [_parsed(store, key, store.get(key)) for key in keys]
+    with ThreadPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+        # map yields in key order and raises the first key's failure (a DamagedObject names it)
+        return list(pool.map(lambda key: _parsed(store, key, store.get(key)), keys))
