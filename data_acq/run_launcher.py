@@ -7,6 +7,8 @@ definition). Anyone who can launch a run in the UI can set tags, so without this
 any code under any role the launcher may pass, the drain's MQTT credentials included. Here the
 only such tag allowed is the drain job's own choice of the drain task definition
 (DATA_ACQ_DRAIN_TASK_DEFINITION); any other refuses the launch, and the run fails saying why.
+The drain's tag is compared without its revision: the code server names its own deployment's
+revision, and during a deploy the daemon may be a revision behind or ahead of it.
 """
 
 from __future__ import annotations
@@ -30,20 +32,40 @@ class RefusedRun(Exception):
     """A run whose tags would change its ECS task."""
 
 
+def unrevised(task_definition: str) -> str:
+    """A task definition's name (ARN or family) without its revision."""
+    account, slash, name = task_definition.rpartition("task-definition/")
+    return account + slash + name.partition(":")[0]
+
+
+def _drain_task_of(value: str, drain_task_definition: str) -> bool:
+    """Whether a run's ecs/run_task_kwargs tag is what the drain job sets: the drain task
+    definition, of whichever revision, and nothing else."""
+    try:
+        kwargs = json.loads(value)
+    except ValueError:
+        return False
+    ours = json.loads(drain_task(drain_task_definition)[RUN_TASK_KWARGS])
+    if not isinstance(kwargs, dict) or set(kwargs) != set(ours):
+        return False
+    named = kwargs["taskDefinition"]
+    return isinstance(named, str) and unrevised(named) == unrevised(ours["taskDefinition"])
+
+
 def refusal(
     job_name: str, tags: Mapping[str, str], drain_task_definition: str | None
 ) -> str | None:
     """Why a run may not be launched as it is tagged, or None."""
-    allowed = drain_task(drain_task_definition).get(RUN_TASK_KWARGS)  # what the drain job sets
     for tag in OVERRIDES:
         if tag not in tags:
             continue
-        if tag == RUN_TASK_KWARGS and job_name == DRAIN_JOB and allowed:
-            try:
-                if json.loads(tags[tag]) == json.loads(allowed):
-                    continue
-            except ValueError:
-                pass
+        if (
+            tag == RUN_TASK_KWARGS
+            and job_name == DRAIN_JOB
+            and drain_task_definition
+            and _drain_task_of(tags[tag], drain_task_definition)
+        ):
+            continue
         return (
             f"the run's tag {tag} would change its ECS task; data-acq launches each job as its "
             "task definition says (remove the tag and launch again)"

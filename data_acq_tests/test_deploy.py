@@ -479,6 +479,59 @@ def test_production_launcher_refuses_runs_that_change_their_task(
     finally:
         instance.dispose()
 
+    # on ECS the drain's task definition is this deployment's revision (an ARN): during a deploy
+    # the code server and the daemon may name different revisions of it, and nothing else
+    ours = "arn:aws:ecs:eu-west-1:123456789012:task-definition/data-acq-drain-prod:4"
+
+    def drain_tag(**kwargs: str) -> dict[str, str]:
+        return {"ecs/run_task_kwargs": json.dumps(kwargs)}
+
+    assert refusal("drain", drain_tag(taskDefinition=ours.replace(":4", ":5")), ours) is None
+    for other in (
+        ours.replace("data-acq-drain-prod", "data-acq-run-prod"),  # not the drain's
+        ours.replace("data-acq-drain-prod", "data-acq-drain-staging"),  # another stack's
+        ours.replace("123456789012", "210987654321"),  # another account's
+    ):
+        assert refusal("drain", drain_tag(taskDefinition=other), ours), other
+    assert refusal("drain", drain_tag(taskDefinition=ours, launchType="EC2"), ours)
+    assert refusal("drain", {"ecs/run_task_kwargs": "not json"}, ours)
+
+
+def test_a_run_gets_the_task_definition_its_code_location_names(
+    postgres_db: str, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code server's container context (DAGSTER_CONTAINER_CONTEXT, deploy/cfn.yaml: its
+    own deployment's run task definition) decides the task a run it created is launched as,
+    before the launcher's DATA_ACQ_RUN_TASK_DEFINITION: during a deploy, a run queued by the
+    old code server still runs the old image."""
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster_aws.ecs.container_context import EcsContainerContext
+
+    home = _production_home(tmp_path / "dagster_home", postgres_db, moto_s3, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    old = "arn:aws:ecs:us-east-1:123456789012:task-definition/data-acq-run-prod:6"
+    try:
+        launcher = instance.run_launcher
+        pointer = ModuleCodePointer("data_acq.definitions", "defs", str(ROOT))
+        origins = [
+            JobPythonOrigin(
+                "curate_unit",
+                RepositoryPythonOrigin(sys.executable, pointer, container_context=context),
+            )
+            for context in ({"ecs": {"task_definition_arn": old}}, None)
+        ]
+        chosen = [
+            EcsContainerContext.create_for_run(
+                DagsterRun(job_name="curate_unit", job_code_origin=origin), launcher
+            ).task_definition_arn
+            for origin in origins
+        ]
+        assert chosen == [old, launcher.task_definition]
+        assert launcher.task_definition.endswith("task-definition/data-acq-run:1")
+    finally:
+        instance.dispose()
+
 
 def _filter_terms(pattern: str) -> list[str]:
     """The terms of a CloudWatch Logs `?"a" ?"b"` pattern (an event matches if it has any)."""

@@ -69,6 +69,14 @@ def _of_type(template: Mapping[str, Any], type_: str) -> dict[str, dict[str, Any
     return {name: r for name, r in _resources(template).items() if r["Type"] == type_}
 
 
+def _family(definition: Mapping[str, Any]) -> str:
+    """A task definition's family as the stack `data-acq` names it: every family is named for
+    its stack (${AWS::StackName}-run), so that two stacks can share an account."""
+    family = definition["Properties"]["Family"]["Fn::Sub"]
+    assert family.startswith("${AWS::StackName}-"), family
+    return family.replace("${AWS::StackName}", "data-acq")
+
+
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
     """(path, key, value) of every mapping entry in the template, depth first."""
     if isinstance(node, Mapping):
@@ -168,7 +176,7 @@ def test_declares_the_deployment(template: dict[str, Any]) -> None:
 
 def test_task_definitions(template: dict[str, Any]) -> None:
     definitions = _of_type(template, "AWS::ECS::TaskDefinition")
-    by_family = {d["Properties"]["Family"]: d["Properties"] for d in definitions.values()}
+    by_family = {_family(d): d["Properties"] for d in definitions.values()}
     assert set(by_family) >= {"data-acq-run"}
     run = by_family["data-acq-run"]
     assert run["ContainerDefinitions"][0]["Name"] == "run"  # deploy/dagster.yaml container_name
@@ -296,7 +304,10 @@ def test_launcher_role_may_pass_only_the_run_task_roles(template: dict[str, Any]
     ]
     (run_task,) = [s for s in statements if s["Action"] == "ecs:RunTask"]
     resources = [r["Fn::Sub"] for r in run_task["Resource"]]
-    assert [r.rpartition("/")[2] for r in resources] == ["data-acq-run:*", "data-acq-drain:*"]
+    assert [r.rpartition("/")[2] for r in resources] == [
+        "${AWS::StackName}-run:*",
+        "${AWS::StackName}-drain:*",
+    ]
 
 
 # --- the web UI's access modes, the broker CA's pin, the alarms ---------------------------------
@@ -332,14 +343,24 @@ def _parameters(template: Mapping[str, Any], overrides: Mapping[str, str]) -> di
 
 
 def _evaluate(node: Any, parameters: Mapping[str, Any], condition: Any) -> Any:
-    """A condition or rule assertion, with the functions this template uses."""
+    """A condition, a rule assertion or a value, with the functions this template uses."""
     if isinstance(node, Mapping) and len(node) == 1:
         ((function, argument),) = node.items()
         if function == "Ref":
             return parameters[argument]
         if function == "Condition":
             return condition(argument)
+        if function == "Fn::Sub":  # ${Name}: a parameter, a pseudo parameter or a given value
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+            names = {**parameters, **_evaluate(variables, parameters, condition)}
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(names[m.group(1)]), text)
         values = [_evaluate(item, parameters, condition) for item in argument]
+        if function == "Fn::Join":
+            return values[0].join(values[1])
+        if function == "Fn::Split":
+            return values[1].split(values[0])
+        if function == "Fn::Select":
+            return values[1][int(values[0])]
         if function == "Fn::Equals":
             return str(values[0]) == str(values[1])
         if function == "Fn::Not":
@@ -351,6 +372,10 @@ def _evaluate(node: Any, parameters: Mapping[str, Any], condition: Any) -> Any:
         if function == "Fn::EachMemberEquals":
             return all(str(member) == str(values[1]) for member in values[0])
         raise AssertionError(f"not modelled here: {function}")
+    if isinstance(node, Mapping):
+        return {key: _evaluate(value, parameters, condition) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_evaluate(item, parameters, condition) for item in node]
     return node
 
 
@@ -538,16 +563,7 @@ def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> 
     for refused in (f"sha256 Fingerprint={PIN}", PIN[:-3], "not-a-fingerprint"):
         assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
 
-    def environments(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            definition["Properties"]["Family"]: {
-                e["Name"]: e["Value"]
-                for e in definition["Properties"]["ContainerDefinitions"][0]["Environment"]
-            }
-            for definition in _of_type(rendered, "AWS::ECS::TaskDefinition").values()
-        }
-
-    pinned = environments(
+    pinned = _environments(
         _render(template, CaCertUrl="https://ca.example.org/ca.crt", CaCertSha256=PIN)
     )
     assert {"data-acq-code-server", "data-acq-run"} <= set(pinned)
@@ -557,7 +573,7 @@ def test_ca_cert_pin_reaches_the_broker_containers(template: dict[str, Any]) -> 
     assert "CA_CERT_SHA256" in pinned["data-acq-code-server"]
     assert "CA_CERT_SHA256" in pinned["data-acq-run"]
     # not pinned: no variable at all rather than an empty one
-    assert not [f for f, env in environments(_render(template)).items() if "CA_CERT_SHA256" in env]
+    assert not [f for f, env in _environments(_render(template)).items() if "CA_CERT_SHA256" in env]
 
 
 def _alarms(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -767,7 +783,7 @@ FARGATE_MEMORY = {
 def _environments(rendered: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each task definition's (family's) container environment, name -> value."""
     return {
-        definition["Properties"]["Family"]: {
+        _family(definition): {
             e["Name"]: e["Value"]
             for e in definition["Properties"]["ContainerDefinitions"][0]["Environment"]
         }
@@ -976,7 +992,9 @@ def test_glue_tables_read_every_curated_delta_table(template: dict[str, Any]) ->
 
     rendered = _render(template, CreateGlue="true")
     (database,) = _of_type(rendered, "AWS::Glue::Database").values()
-    assert database["Properties"]["DatabaseInput"]["Name"] == "data_acq"
+    name = database["Properties"]["DatabaseInput"]["Name"]
+    # named for the stack, in the characters Glue and Athena take
+    assert _evaluate(name, {"AWS::StackName": "data-acq-staging"}, None) == "data_acq_staging"
     tables = _glue_tables(rendered)
     assert sorted(tables) == sorted(CURATED_TABLES)
     for name, table in tables.items():
@@ -1090,7 +1108,7 @@ def test_drains_and_processing_have_their_own_roles(template: dict[str, Any]) ->
     the bucket refuses a raw write without If-None-Match (an overwrite of the archive)."""
     rendered = _resources(_render(template))
     tasks = {
-        d["Properties"]["Family"]: d["Properties"]
+        _family(d): d["Properties"]
         for d in _of_type({"Resources": rendered}, "AWS::ECS::TaskDefinition").values()
     }
     roles = {
@@ -1135,6 +1153,58 @@ def test_drains_and_processing_have_their_own_roles(template: dict[str, Any]) ->
     assert deny["Principal"] == "*"
     assert deny["Resource"] == {"Fn::Sub": "${DataBucket.Arn}/data/raw/*"}
     assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}}
+
+
+def test_runs_run_on_the_image_of_the_code_that_created_them(template: dict[str, Any]) -> None:
+    """A deploy never has new code execute a run that old code created: the code server names
+    its own deployment's run task definitions (by revision: the processing one in its container
+    context, which Dagster prefers to the launcher's, test_deploy.py; the drain's in the drain
+    job's tag), and a deploy keeps the revisions it replaces, so runs queued before it launch."""
+    resources = _render(template)["Resources"]
+    environments = _environments({"Resources": resources})
+    run_arn = "arn:aws:ecs:eu-west-1:123456789012:task-definition/data-acq-run-prod:7"
+    context = environments["data-acq-code-server"]["DAGSTER_CONTAINER_CONTEXT"]
+    assert json.loads(_evaluate(context, {"RunTaskDefinition": run_arn}, None)) == {
+        "ecs": {"task_definition_arn": run_arn}
+    }
+    for family in ("data-acq-webserver", "data-acq-daemon", "data-acq-code-server"):
+        drain_task = environments[family]["DATA_ACQ_DRAIN_TASK_DEFINITION"]
+        assert drain_task == {"Ref": "DrainTaskDefinition"}, family  # an ARN with its revision
+    for name in ("RunTaskDefinition", "DrainTaskDefinition"):
+        assert resources[name]["UpdateReplacePolicy"] == "Retain", name
+
+
+def test_two_stacks_can_share_an_account(template: dict[str, Any]) -> None:
+    """Every name an account holds once is named for the stack: task families (_family), the
+    Cloud Map namespace the webserver and daemon find the code server in, the Glue database
+    (test_glue_tables_read_every_curated_delta_table)."""
+    resources = _render(template)["Resources"]
+    namespace = resources["ServiceDiscoveryNamespace"]["Properties"]["Name"]
+    assert namespace == {"Fn::Sub": "${AWS::StackName}.local"}
+    environments = _environments({"Resources": resources})
+    for family in ("data-acq-webserver", "data-acq-daemon"):
+        host = environments[family]["DAGSTER_CODE_HOST"]
+        assert host == {"Fn::Sub": "code.${AWS::StackName}.local"}, family
+
+
+def test_tasks_pull_only_the_image_repository(template: dict[str, Any]) -> None:
+    """ImageUri is an image in this account's ECR, by tag or digest, and the tasks may pull
+    from its repository alone."""
+    parameter = template["Parameters"]["ImageUri"]
+    ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    accepted = [f"{ecr}/data-acq:1.4.0", f"{ecr}/data-acq@sha256:{'ab' * 32}"]
+    for uri in accepted:
+        assert re.fullmatch(parameter["AllowedPattern"], uri), uri
+    for uri in ("data-acq:1.4.0", f"{ecr}/data-acq", "docker.io/library/python:3.11", ""):
+        assert not re.fullmatch(parameter["AllowedPattern"], uri), uri
+    (pull,) = [
+        statement
+        for statement in _statements(_render(template)["Resources"]["TaskStartPolicy"])
+        if "ecr:BatchGetImage" in _as_list(statement["Action"])
+    ]
+    for uri in accepted:
+        arn = _evaluate(pull["Resource"], {"AWS::Partition": "aws", "ImageUri": uri}, None)
+        assert arn == "arn:aws:ecr:eu-west-1:123456789012:repository/data-acq", uri
 
 
 def test_athena_workgroup_and_analyst_policy(template: dict[str, Any]) -> None:
